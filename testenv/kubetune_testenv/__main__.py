@@ -1,0 +1,55 @@
+"""``python -m kubetune_testenv build|up|paths``: build the binaries or run a local control plane."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _build(args: argparse.Namespace) -> int:
+    from .build import BuildError, build
+
+    try:
+        out = build(force=args.force)
+    except BuildError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if args.print_dir:
+        print(out.directory)
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    from .cluster import run_until_interrupted
+
+    return run_until_interrupted(workdir=args.workdir)
+
+
+def _paths(args: argparse.Namespace) -> int:
+    from .versions import binaries
+
+    out = binaries()
+    for path in out.all():
+        print(f"{path} {'ok' if path not in out.missing() else 'MISSING'}")
+    return 0 if not out.missing() else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kubetune_testenv", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    build = commands.add_parser("build", help="build or reuse the pinned binaries (cold: minutes)")
+    build.add_argument("--force", action="store_true", help="rebuild even if the binaries exist")
+    build.add_argument("--print-dir", action="store_true", help="print the binaries' directory")
+    build.set_defaults(func=_build)
+    up = commands.add_parser("up", help="start a control plane with fake GPU nodes until Ctrl-C")
+    up.add_argument("--workdir", default=None, help="keep state here instead of a temp dir")
+    up.set_defaults(func=_up)
+    paths = commands.add_parser("paths", help="list the binaries and whether they exist")
+    paths.set_defaults(func=_paths)
+    args = parser.parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
