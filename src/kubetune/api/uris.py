@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Literal
 
 Scheme = Literal["hf", "pvc", "s3", "file"]
@@ -23,6 +24,11 @@ URI_PATTERN = r"^(hf|pvc|s3|file)://\S+$"
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _HF_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+# Where the operator mounts each PersistentVolumeClaim named by a pvc:// URI inside the trainer pod:
+# pvc://claim/path is the file <PVC_MOUNT_ROOT>/claim/path. The trainer accepts another root (local runs).
+PVC_MOUNT_ROOT = PurePosixPath("/mnt/kubetune/pvc")
 
 
 class UriError(ValueError):
@@ -93,3 +99,17 @@ def _clean_path(path: str, raw: str, *, absolute: bool = False) -> str:
         raise UriError(f"{raw!r} must not contain '..' path segments")
     joined = "/".join(segments)
     return "/" + joined if absolute else joined
+
+
+def pvc_mount_path(claim: str, *, root: PurePosixPath = PVC_MOUNT_ROOT) -> PurePosixPath:
+    """The directory a claim is mounted at in the trainer pod."""
+    return root / claim
+
+
+def local_path(uri: StorageUri, *, pvc_root: PurePosixPath = PVC_MOUNT_ROOT) -> PurePosixPath | None:
+    """The filesystem path of a file:// or pvc:// URI; ``None`` for remote (hf://, s3://) URIs."""
+    if uri.scheme == "file":
+        return PurePosixPath(uri.path)
+    if uri.scheme == "pvc":
+        return pvc_mount_path(uri.authority, root=pvc_root) / uri.path
+    return None
