@@ -1,0 +1,309 @@
+"""A real Kubernetes control plane on loopback: etcd, kube-apiserver, controller-manager, scheduler, kwok.
+
+Nodes are fake (kwok plays kubelet from ``stages.yaml``); everything else is the upstream code, so
+RBAC, admission, CEL validation, the Job controller, garbage collection and scheduling are real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import certs, kubeconfig, processes, stages
+from .nodes import DEFAULT_POOLS, KWOK_NODE_ANNOTATION, KWOK_NODE_ANNOTATION_VALUE, NodePool, all_node_manifests
+from .versions import Binaries, binaries
+
+# Addresses inside the (fake) cluster network; nothing routes them, they only have to be valid.
+SERVICE_CIDR = "10.0.0.0/24"
+POD_CIDR = "10.244.0.0/16"
+FAKE_NODE_IP = "10.1.0.1"
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+KUBECONFIG_ENV = "KUBETUNE_TEST_KUBECONFIG"
+
+
+class BinariesMissingError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Start-up settings of a local control plane."""
+
+    pools: tuple[NodePool, ...] = DEFAULT_POOLS
+    # Cold start is ~10-20 s on 2 cores; generous because CI machines are noisy.
+    startup_timeout_s: float = 120.0
+    # How long a pod without kubetune.test/run-for runs before it exits.
+    default_run_for_ms: int = stages.DEFAULT_RUN_FOR_MS
+    # Keep the work dir (logs, etcd data) after stop, for debugging.
+    keep_workdir: bool = False
+
+
+class Cluster:
+    """What tests need from any cluster: a kubeconfig, API clients, ServiceAccount kubeconfigs."""
+
+    def __init__(self, kubeconfig_path: Path, scratch_dir: Path) -> None:
+        self.kubeconfig_path = kubeconfig_path
+        self._scratch = scratch_dir
+
+    def api_client(self) -> Any:
+        """A new ``kubernetes.client.ApiClient`` authenticated as the admin of the cluster."""
+        from kubernetes import config
+
+        return config.new_client_from_config(config_file=str(self.kubeconfig_path))
+
+    def sa_kubeconfig(self, namespace: str, name: str, *, expiration_seconds: int = 3600) -> Path:
+        """Kubeconfig authenticating as ServiceAccount ``namespace/name`` via a TokenRequest token."""
+        from kubernetes import client
+
+        with self.api_client() as api:
+            response = client.CoreV1Api(api).create_namespaced_service_account_token(
+                name, namespace,
+                {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                 "spec": {"expirationSeconds": expiration_seconds}})
+        config = kubeconfig.token_kubeconfig(
+            base=kubeconfig.read(self.kubeconfig_path), base_dir=self.kubeconfig_path.parent,
+            user=f"system:serviceaccount:{namespace}:{name}", token=response.status.token)
+        return kubeconfig.write(config, self._scratch / "kubeconfigs" / f"sa-{namespace}-{name}.yaml")
+
+    def sa_api_client(self, namespace: str, name: str) -> Any:
+        from kubernetes import config
+
+        return config.new_client_from_config(config_file=str(self.sa_kubeconfig(namespace, name)))
+
+
+class ExistingCluster(Cluster):
+    """A cluster someone else runs, reached through ``$KUBETUNE_TEST_KUBECONFIG``."""
+
+    @classmethod
+    def from_env(cls) -> ExistingCluster | None:
+        path = os.environ.get(KUBECONFIG_ENV)
+        if not path:
+            return None
+        scratch = Path(tempfile.mkdtemp(prefix="kubetune-testenv-"))
+        processes.register_cleanup(lambda: shutil.rmtree(scratch, ignore_errors=True))
+        return cls(Path(path), scratch)
+
+
+class ControlPlane(Cluster):
+    """Start with ``start()`` (or ``with ControlPlane() as cp``); ``stop()`` removes every process and file."""
+
+    def __init__(self, *, settings: Settings | None = None, bins: Binaries | None = None,
+                 workdir: Path | None = None) -> None:
+        self.settings = settings or Settings()
+        self.binaries = bins or binaries()
+        self._own_workdir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="kubetune-testenv-"))
+        super().__init__(self.workdir / "admin.kubeconfig", self.workdir)
+        self.server = ""
+        self._processes: list[processes.ManagedProcess] = []
+        processes.register_cleanup(self._remove_workdir)
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    def start(self) -> ControlPlane:
+        missing = self.binaries.missing()
+        if missing:
+            raise BinariesMissingError(
+                "control plane binaries are missing: " + ", ".join(str(path) for path in missing)
+                + "\nBuild them once (cold build takes minutes): testenv/build-binaries.sh "
+                "or python -m kubetune_testenv build")
+        started = time.monotonic()
+        try:
+            pki = certs.create_pki(self.workdir / "pki")
+            etcd_url = self._start_etcd()
+            self._start_apiserver(pki, etcd_url)
+            kubeconfig.write(kubeconfig.admin_kubeconfig(
+                server=self.server, ca_cert=pki.ca_cert, client_cert=pki.admin_cert,
+                client_key=pki.admin_key), self.kubeconfig_path)
+            self._start_controllers(pki)
+            self._create_nodes()
+            self._wait_for_cluster()
+        except BaseException:
+            self.stop()
+            raise
+        print(f"kubetune_testenv: control plane up in {time.monotonic() - started:.1f}s, "
+              f"kubeconfig {self.kubeconfig_path}", file=sys.stderr)
+        return self
+
+    def stop(self) -> None:
+        for process in reversed(self._processes):
+            process.stop()
+        self._processes.clear()
+        self._remove_workdir()
+
+    def __enter__(self) -> ControlPlane:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _remove_workdir(self) -> None:
+        if self._own_workdir and not self.settings.keep_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # -- components ----------------------------------------------------------------------------------
+
+    def _spawn(self, name: str, argv: list[str]) -> processes.ManagedProcess:
+        process = processes.ManagedProcess(name, argv, log_path=self.workdir / "logs" / f"{name}.log")
+        self._processes.append(process)
+        return process
+
+    def _start_etcd(self) -> str:
+        client_port, peer_port = processes.free_port(), processes.free_port()
+        client_url, peer_url = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
+        etcd = self._spawn("etcd", [
+            str(self.binaries.etcd), "--name=kubetune-test",
+            f"--data-dir={self.workdir / 'etcd'}",
+            f"--listen-client-urls={client_url}", f"--advertise-client-urls={client_url}",
+            f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster=kubetune-test={peer_url}",
+            "--unsafe-no-fsync=true",  # test data is thrown away; fsync only costs time
+            "--log-level=warn",
+        ])
+
+        def healthy() -> bool:
+            with urllib.request.urlopen(f"{client_url}/health", timeout=2) as response:
+                return bool(json.load(response).get("health") == "true")
+
+        processes.wait_until(healthy, timeout=self.settings.startup_timeout_s, what="etcd /health",
+                             process=etcd)
+        return client_url
+
+    def _start_apiserver(self, pki: certs.Pki, etcd_url: str) -> None:
+        port = processes.free_port()
+        self.server = f"https://127.0.0.1:{port}"
+        apiserver = self._spawn("kube-apiserver", [
+            str(self.binaries.kube), "apiserver",
+            f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={port}",
+            f"--tls-cert-file={pki.serving_cert}", f"--tls-private-key-file={pki.serving_key}",
+            f"--client-ca-file={pki.ca_cert}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+            f"--service-account-key-file={pki.service_account_pub}",
+            f"--service-account-signing-key-file={pki.service_account_key}",
+            "--authorization-mode=Node,RBAC",
+            "--allow-privileged=true",
+            # The kubernetes Service's Endpoints may not point at loopback; nothing in tests needs it.
+            "--endpoint-reconciler-type=none",
+            "--profiling=false",
+        ])
+        context = ssl.create_default_context(cafile=str(pki.ca_cert))
+        context.load_cert_chain(str(pki.admin_cert), str(pki.admin_key))
+
+        def ready() -> bool:
+            with urllib.request.urlopen(f"{self.server}/readyz", timeout=5, context=context) as response:
+                return bool(response.status == 200)
+
+        processes.wait_until(ready, timeout=self.settings.startup_timeout_s, what="kube-apiserver /readyz",
+                             process=apiserver, interval=0.5)
+
+    def _start_controllers(self, pki: certs.Pki) -> None:
+        admin = str(self.kubeconfig_path)
+        self._spawn("kube-controller-manager", [
+            str(self.binaries.kube), "controller-manager",
+            f"--kubeconfig={admin}", "--leader-elect=false",
+            "--bind-address=127.0.0.1", "--secure-port=0",
+            f"--service-account-private-key-file={pki.service_account_key}",
+            f"--root-ca-file={pki.ca_cert}",
+            "--use-service-account-credentials=false",
+        ])
+        self._spawn("kube-scheduler", [
+            str(self.binaries.kube), "scheduler",
+            f"--kubeconfig={admin}", "--leader-elect=false",
+            "--bind-address=127.0.0.1", "--secure-port=0",
+        ])
+        stage_file = stages.write_stages(self.workdir / "kwok-stages.yaml",
+                                         default_run_for_ms=self.settings.default_run_for_ms)
+        self._spawn("kwok", [
+            str(self.binaries.kwok),
+            f"--kubeconfig={admin}", f"--config={stage_file}",
+            "--manage-all-nodes=false",
+            f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}={KWOK_NODE_ANNOTATION_VALUE}",
+            f"--cidr={POD_CIDR}", f"--node-ip={FAKE_NODE_IP}",
+            "--node-lease-duration-seconds=40",
+        ])
+
+    def _create_nodes(self) -> None:
+        from kubernetes import client
+
+        with self.api_client() as api:
+            core = client.CoreV1Api(api)
+            for manifest in all_node_manifests(self.settings.pools):
+                core.create_node(manifest)
+
+    def _wait_for_cluster(self) -> None:
+        from kubernetes import client
+
+        expected = {manifest["metadata"]["name"] for manifest in all_node_manifests(self.settings.pools)}
+        with self.api_client() as api:
+            core = client.CoreV1Api(api)
+
+            def nodes_ready() -> bool:
+                ready = {node.metadata.name for node in core.list_node().items
+                         if any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+                         and not any(t.key.startswith("node.kubernetes.io/") for t in node.spec.taints or [])}
+                return expected <= ready
+
+            def default_service_account() -> bool:
+                core.read_namespaced_service_account("default", "default")
+                return True
+
+            self._wait(nodes_ready, "fake nodes Ready and untainted (kwok, node lifecycle controller)")
+            self._wait(default_service_account, "the default ServiceAccount (kube-controller-manager)")
+
+    def _wait(self, check: Any, what: str) -> None:
+        try:
+            processes.wait_until(check, timeout=self.settings.startup_timeout_s, what=what, interval=0.5)
+        except TimeoutError as error:
+            dead = [p for p in self._processes if not p.alive()]
+            details = "".join(f"\n{p.name} exited ({p.popen.returncode}):\n{p.log_tail()}" for p in dead)
+            raise TimeoutError(f"{error}{details}\nlogs: {self.workdir / 'logs'}") from None
+
+    # -- conveniences --------------------------------------------------------------------------------
+
+    def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run the bundled kubectl against this cluster."""
+        return subprocess.run([str(self.binaries.kube), "kubectl", f"--kubeconfig={self.kubeconfig_path}",
+                               *args], capture_output=True, text=True, check=check)
+
+    def log_path(self, component: str) -> Path:
+        return self.workdir / "logs" / f"{component}.log"
+
+
+def run_until_interrupted(*, workdir: str | None) -> int:
+    """``python -m kubetune_testenv up``: start, print how to connect, wait for Ctrl-C, tear down."""
+    directory = Path(workdir).resolve() if workdir else None
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+    plane = ControlPlane(workdir=directory)
+    try:
+        plane.start()
+    except BinariesMissingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    try:
+        print(f"kubeconfig: {plane.kubeconfig_path}")
+        print(f"export KUBECONFIG={plane.kubeconfig_path}")
+        print(f"kubectl:    {plane.binaries.kube} kubectl --kubeconfig={plane.kubeconfig_path} get nodes")
+        print(f"logs:       {plane.workdir / 'logs'}")
+        print("Ctrl-C stops the control plane and removes its files.", flush=True)
+        while all(process.alive() for process in plane._processes):
+            time.sleep(1)
+        dead = [process.name for process in plane._processes if not process.alive()]
+        print(f"error: {', '.join(dead)} exited; see {plane.workdir / 'logs'}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        plane.stop()
