@@ -8,9 +8,10 @@ same rules and what CEL cannot express (URI parsing) for the trainer's local mod
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, WithJsonSchema, field_validator
+from pydantic import AfterValidator, Field, WithJsonSchema, field_validator, model_validator
 
 from kubetune.api.base import ApiModel
 from kubetune.api.uris import URI_PATTERN, UriError, parse_uri
@@ -40,9 +41,6 @@ def _int_or_auto(*, minimum: int, maximum: int, field: str) -> WithJsonSchema:
     )
 
 
-Uri = Annotated[str, Field(pattern=URI_PATTERN, max_length=2048)]
-
-
 def _check_uri(value: str) -> str:
     try:
         parse_uri(value)
@@ -51,12 +49,19 @@ def _check_uri(value: str) -> str:
     return value
 
 
+# The API server checks the pattern; Python parses the URI fully, with a message saying what is wrong.
+Uri = Annotated[
+    str,
+    Field(max_length=2048),
+    AfterValidator(_check_uri),
+    WithJsonSchema({"type": "string", "maxLength": 2048, "pattern": URI_PATTERN}),
+]
+
+
 class SecretKeyRef(ApiModel):
     """A key in a Secret in the FineTuneJob's namespace. The value is read by the pod, never copied."""
 
-    name: str = Field(
-        min_length=1, max_length=253, pattern=SECRET_NAME_PATTERN, description="Name of the Secret."
-    )
+    name: str = Field(min_length=1, max_length=253, pattern=SECRET_NAME_PATTERN, description="Name of the Secret.")
     key: str = Field(min_length=1, max_length=253, description="Key within the Secret.")
 
 
@@ -108,11 +113,6 @@ class ModelSpec(ApiModel):
         description="Run Python code shipped with the model repository. Only for sources you trust.",
     )
 
-    @field_validator("source")
-    @classmethod
-    def _check_source(cls, value: str) -> str:
-        return _check_uri(value)
-
 
 class FieldMapping(ApiModel):
     """Names of the dataset's columns when they differ from the format's standard names."""
@@ -124,9 +124,7 @@ class FieldMapping(ApiModel):
     instruction: str | None = Field(default=None, max_length=128, description="Alpaca instruction column.")
     input: str | None = Field(default=None, max_length=128, description="Alpaca input column.")
     output: str | None = Field(default=None, max_length=128, description="Alpaca output column.")
-    conversations: str | None = Field(
-        default=None, max_length=128, description="ShareGPT conversations column."
-    )
+    conversations: str | None = Field(default=None, max_length=128, description="ShareGPT conversations column.")
     system: str | None = Field(default=None, max_length=128, description="Column holding a system prompt.")
 
 
@@ -178,15 +176,11 @@ class DatasetSpec(ApiModel):
         ),
     )
 
-    @field_validator("train")
-    @classmethod
-    def _check_train(cls, value: list[str]) -> list[str]:
-        return [_check_uri(v) for v in value]
-
-    @field_validator("validation")
-    @classmethod
-    def _check_validation(cls, value: str | None) -> str | None:
-        return value if value is None else _check_uri(value)
+    @model_validator(mode="after")
+    def _validation_xor_split(self) -> DatasetSpec:
+        if self.validation is not None and self.validation_split is not None:
+            raise ValueError("set either dataset.validation or dataset.validationSplit, not both")
+        return self
 
 
 class QuantizationSpec(ApiModel):
@@ -237,6 +231,12 @@ class MethodSpec(ApiModel):
         default=None, description="4-bit settings; only with type qlora (defaults apply when omitted)."
     )
 
+    @model_validator(mode="after")
+    def _quantization_only_for_qlora(self) -> MethodSpec:
+        if self.quantization is not None and self.type != "qlora":
+            raise ValueError("method.quantization is only valid with method.type qlora")
+        return self
+
 
 class Hyperparameters(ApiModel):
     """Optimisation settings. Leave a field out (or 'auto') to let kubetune choose."""
@@ -279,9 +279,7 @@ class Hyperparameters(ApiModel):
     per_device_batch_size: (
         Annotated[int | Auto, _int_or_auto(minimum=1, maximum=4096, field="perDeviceBatchSize")] | None
     ) = Field(default=None, description="Examples (or packed rows) per GPU per micro-step, or auto.")
-    gradient_accumulation_steps: int = Field(
-        default=1, ge=1, le=1024, description="Micro-steps per optimizer step."
-    )
+    gradient_accumulation_steps: int = Field(default=1, ge=1, le=1024, description="Micro-steps per optimizer step.")
     weight_decay: float = Field(default=0.0, ge=0, le=1, description="AdamW weight decay.")
     max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
     seed: int = Field(default=42, ge=0, le=2**31 - 1, description="Seed for init, shuffling and the split.")
@@ -294,6 +292,14 @@ class Hyperparameters(ApiModel):
     eval_every_steps: int | None = Field(
         default=None, ge=1, description="Evaluate on the validation data every N steps (and at the end)."
     )
+
+    @model_validator(mode="after")
+    def _exclusive_pairs(self) -> Hyperparameters:
+        if self.epochs is not None and self.max_steps is not None:
+            raise ValueError("set either hyperparameters.epochs or hyperparameters.maxSteps, not both")
+        if self.warmup_steps is not None and self.warmup_ratio is not None:
+            raise ValueError("set either hyperparameters.warmupSteps or hyperparameters.warmupRatio, not both")
+        return self
 
 
 class Toleration(ApiModel):
@@ -324,6 +330,16 @@ class EnvVar(ApiModel):
 
     name: str = Field(min_length=1, max_length=128, pattern=ENV_NAME_PATTERN, description="Variable name.")
     value: str = Field(default="", max_length=4096, description="Variable value.")
+
+    @field_validator("name")
+    @classmethod
+    def _not_a_credential(cls, value: str) -> str:
+        if _CREDENTIAL_NAME.search(value.upper()):
+            raise ValueError("env looks like a credential; reference a Secret under spec.credentials")
+        return value
+
+
+_CREDENTIAL_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY)")
 
 
 class ResourcesSpec(ApiModel):
@@ -388,7 +404,6 @@ class OutputSpec(ApiModel):
     @field_validator("destination")
     @classmethod
     def _check_destination(cls, value: str) -> str:
-        _check_uri(value)
         if value.startswith("hf://"):
             raise ValueError("output.destination must be pvc://, s3:// or file://, not hf://")
         return value
@@ -406,9 +421,7 @@ class RunPolicy(ApiModel):
     ttl_seconds_after_finished: int | None = Field(
         default=None, ge=0, description="Delete the FineTuneJob this long after it succeeds or fails."
     )
-    suspend: bool = Field(
-        default=False, description="Suspend: running pods checkpoint and stop; set false to resume."
-    )
+    suspend: bool = Field(default=False, description="Suspend: running pods checkpoint and stop; set false to resume.")
     queue_name: str | None = Field(
         default=None,
         max_length=63,

@@ -61,7 +61,7 @@ def parse_uri(raw: str) -> StorageUri:
     if not rest or any(c.isspace() for c in rest):
         raise UriError(f"{scheme}:// URI has an empty or blank location")
     authority_part = rest.split("/", 1)[0]
-    if "@" in authority_part and scheme != "hf" or ":" in authority_part and scheme in ("s3", "pvc"):
+    if ("@" in authority_part and scheme != "hf") or (":" in authority_part and scheme in ("s3", "pvc")):
         # s3://KEY:SECRET@bucket would put a credential into the spec, status and logs.
         raise UriError(
             f"{scheme}:// URIs must not carry credentials or ports; reference a Secret under spec.credentials"

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kubetune.api.crd import render_crd_yaml
+from kubetune.cli import main
+
+GOOD = """\
+apiVersion: kubetune.io/v1alpha1
+kind: FineTuneJob
+metadata: {name: demo}
+spec:
+  model: {source: "hf://HuggingFaceTB/SmolLM2-135M-Instruct@main"}
+  dataset: {train: ["pvc://data/train.jsonl"]}
+  output: {destination: "pvc://out/demo"}
+"""
+
+
+def test_crd_command_writes_the_rendered_crd_atomically(tmp_path: Path) -> None:
+    target = tmp_path / "crd.yaml"
+    assert main(["crd", "-o", str(target)]) == 0
+    assert target.read_text() == render_crd_yaml()
+    assert [p.name for p in tmp_path.iterdir()] == ["crd.yaml"]
+
+
+def test_validate_accepts_a_good_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(GOOD)
+    assert main(["validate", str(path)]) == 0
+    assert "valid" in capsys.readouterr().out
+
+
+def test_validate_names_the_bad_field_and_document(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text("---\n" + GOOD + "---\n" + GOOD.replace("{name: demo}", "{name: two}") + "  method: {rank: 0}\n")
+    assert main(["validate", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "document 1: spec.method.rank" in err and "document 0" not in err
