@@ -17,11 +17,14 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import certs, kubeconfig, processes, stages
 from .nodes import DEFAULT_POOLS, KWOK_NODE_ANNOTATION, KWOK_NODE_ANNOTATION_VALUE, NodePool, all_node_manifests
 from .versions import Binaries, binaries
+
+if TYPE_CHECKING:  # the kubernetes client is imported lazily: `build` must work without it
+    from kubernetes.client import ApiClient
 
 # Addresses inside the (fake) cluster network; nothing routes them, they only have to be valid.
 SERVICE_CIDR = "10.0.0.0/24"
@@ -33,6 +36,16 @@ KUBECONFIG_ENV = "KUBETUNE_TEST_KUBECONFIG"
 
 class BinariesMissingError(RuntimeError):
     pass
+
+
+def new_api_client(kubeconfig_path: Path) -> ApiClient:
+    """An ``ApiClient`` for the current context of ``kubeconfig_path``."""
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    config.load_kube_config(  # type: ignore[no-untyped-call]
+        config_file=str(kubeconfig_path), client_configuration=configuration, persist_config=False)
+    return client.ApiClient(configuration)
 
 
 @dataclass(frozen=True)
@@ -55,30 +68,28 @@ class Cluster:
         self.kubeconfig_path = kubeconfig_path
         self._scratch = scratch_dir
 
-    def api_client(self) -> Any:
+    def api_client(self) -> ApiClient:
         """A new ``kubernetes.client.ApiClient`` authenticated as the admin of the cluster."""
-        from kubernetes import config
-
-        return config.new_client_from_config(config_file=str(self.kubeconfig_path))
+        return new_api_client(self.kubeconfig_path)
 
     def sa_kubeconfig(self, namespace: str, name: str, *, expiration_seconds: int = 3600) -> Path:
         """Kubeconfig authenticating as ServiceAccount ``namespace/name`` via a TokenRequest token."""
         from kubernetes import client
 
+        request = client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=expiration_seconds))
         with self.api_client() as api:
-            response = client.CoreV1Api(api).create_namespaced_service_account_token(
-                name, namespace,
-                {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                 "spec": {"expirationSeconds": expiration_seconds}})
+            response = client.CoreV1Api(api).create_namespaced_service_account_token(name, namespace, request)
+        if response.status is None or not response.status.token:
+            raise RuntimeError(f"TokenRequest for {namespace}/{name} returned no token")
         config = kubeconfig.token_kubeconfig(
             base=kubeconfig.read(self.kubeconfig_path), base_dir=self.kubeconfig_path.parent,
             user=f"system:serviceaccount:{namespace}:{name}", token=response.status.token)
         return kubeconfig.write(config, self._scratch / "kubeconfigs" / f"sa-{namespace}-{name}.yaml")
 
-    def sa_api_client(self, namespace: str, name: str) -> Any:
-        from kubernetes import config
-
-        return config.new_client_from_config(config_file=str(self.sa_kubeconfig(namespace, name)))
+    def sa_api_client(self, namespace: str, name: str) -> ApiClient:
+        """A new ``ApiClient`` authenticated as ServiceAccount ``namespace/name``."""
+        return new_api_client(self.sa_kubeconfig(namespace, name))
 
 
 class ExistingCluster(Cluster):
@@ -240,7 +251,7 @@ class ControlPlane(Cluster):
         with self.api_client() as api:
             core = client.CoreV1Api(api)
             for manifest in all_node_manifests(self.settings.pools):
-                core.create_node(manifest)
+                core.create_node(client.V1Node.model_validate(manifest))
 
     def _wait_for_cluster(self) -> None:
         from kubernetes import client
@@ -249,10 +260,14 @@ class ControlPlane(Cluster):
         with self.api_client() as api:
             core = client.CoreV1Api(api)
 
+            def usable(node: client.V1Node) -> bool:
+                conditions = node.status.conditions if node.status else None
+                taints = node.spec.taints if node.spec else None
+                return (any(c.type == "Ready" and c.status == "True" for c in conditions or [])
+                        and not any(t.key.startswith("node.kubernetes.io/") for t in taints or []))
+
             def nodes_ready() -> bool:
-                ready = {node.metadata.name for node in core.list_node().items
-                         if any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
-                         and not any(t.key.startswith("node.kubernetes.io/") for t in node.spec.taints or [])}
+                ready = {node.metadata.name for node in core.list_node().items if node.metadata and usable(node)}
                 return expected <= ready
 
             def default_service_account() -> bool:

@@ -9,6 +9,7 @@ signal into ``SystemExit`` (so ``finally`` blocks and fixtures' teardown run), a
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import os
 import signal
@@ -76,23 +77,17 @@ class ManagedProcess:
                 _live.remove(self)
         if self.popen.returncode is None:
             _signal_group(self.popen.pid, signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                pass
         # The leader may be gone while children in its group remain.
         _signal_group(self.popen.pid, signal.SIGKILL)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def register_cleanup(callback: Callable[[], None]) -> None:
