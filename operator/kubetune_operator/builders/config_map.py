@@ -1,0 +1,23 @@
+"""The ConfigMap holding the trainer's resolved config file."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubetune.api.resource import FineTuneJob
+from kubetune.api.trainer_config import CONFIG_FILE_NAME, RunIdentity, TrainerConfig
+from kubetune_operator.builders.names import child_metadata, child_names
+
+
+def trainer_config(*, ftj: FineTuneJob) -> TrainerConfig:
+    run = RunIdentity(name=ftj.metadata.name, namespace=ftj.metadata.namespace, uid=ftj.metadata.uid)
+    return TrainerConfig.from_spec(ftj.spec, run=run)
+
+
+def build_config_map(*, ftj: FineTuneJob) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": child_metadata(ftj=ftj, name=child_names(name=ftj.metadata.name).config_map),
+        "data": {CONFIG_FILE_NAME: trainer_config(ftj=ftj).to_yaml()},
+    }

@@ -1,0 +1,217 @@
+"""The trainer pod template: container, rendezvous env, credentials, volumes, scheduling, security.
+
+The trainer's launch contract (``docs/trainer.md``): torchrun starts ``python -m kubetune_trainer train
+--config <file>`` on every node; torchrun reads the rendezvous from its flags, which Kubernetes expands
+from the pod's env (``$(VAR)``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kubetune.api.resource import FineTuneJob
+from kubetune.api.spec import FineTuneJobSpec, SecretKeyRef
+from kubetune.api.trainer_config import CONFIG_FILE_NAME, CONFIG_MOUNT_PATH
+from kubetune.api.uris import parse_uri, pvc_mount_path
+from kubetune_operator.builders.names import (
+    COMPLETION_INDEX_ANNOTATION,
+    TRAINER_CONTAINER,
+    child_labels,
+    child_names,
+)
+from kubetune_operator.settings import OperatorSettings
+
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+CONFIG_VOLUME = "trainer-config"
+SHM_VOLUME = "dshm"
+
+
+def master_addr(*, ftj: FineTuneJob) -> str:
+    """Pod 0's DNS name: Indexed Job pods get hostname <job>-<index> under the Service as subdomain."""
+    names = child_names(name=ftj.metadata.name)
+    return f"{names.job}-0.{names.service}.{ftj.metadata.namespace}.svc"
+
+
+def trainer_command() -> list[str]:
+    return [
+        "torchrun",
+        "--nnodes=$(NNODES)",
+        "--nproc-per-node=$(NPROC_PER_NODE)",
+        "--node-rank=$(NODE_RANK)",
+        "--master-addr=$(MASTER_ADDR)",
+        "--master-port=$(MASTER_PORT)",
+        "-m",
+        "kubetune_trainer",
+        "train",
+        "--config",
+        f"{CONFIG_MOUNT_PATH}/{CONFIG_FILE_NAME}",
+    ]
+
+
+def _secret_env(name: str, ref: SecretKeyRef) -> dict[str, Any]:
+    # Only the reference: the Secret's value never passes through the operator or the Job object.
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+
+
+def _env(*, ftj: FineTuneJob, settings: OperatorSettings) -> list[dict[str, Any]]:
+    spec = ftj.spec
+    env: list[dict[str, Any]] = [
+        {"name": "NNODES", "value": str(spec.resources.nodes)},
+        {"name": "NPROC_PER_NODE", "value": str(spec.resources.gpus_per_node)},
+        {
+            "name": "NODE_RANK",
+            "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}},
+        },
+        {"name": "MASTER_ADDR", "value": master_addr(ftj=ftj)},
+        {"name": "MASTER_PORT", "value": str(settings.master_port)},
+    ]
+    credentials = spec.credentials
+    if credentials.hugging_face_token is not None:
+        env.append(_secret_env("HF_TOKEN", credentials.hugging_face_token))
+    if credentials.s3 is not None:
+        env.append(_secret_env("AWS_ACCESS_KEY_ID", credentials.s3.access_key_id))
+        env.append(_secret_env("AWS_SECRET_ACCESS_KEY", credentials.s3.secret_access_key))
+        if credentials.s3.endpoint_url is not None:
+            env.append({"name": "AWS_ENDPOINT_URL", "value": credentials.s3.endpoint_url})
+        if credentials.s3.region is not None:
+            env.append({"name": "AWS_REGION", "value": credentials.s3.region})
+    reserved = {item["name"] for item in env}
+    env.extend({"name": e.name, "value": e.value} for e in spec.trainer.env if e.name not in reserved)
+    return env
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClaimMount:
+    claim: str
+    read_only: bool
+
+
+def claim_mounts(*, spec: FineTuneJobSpec) -> list[ClaimMount]:
+    """Each PVC named by a pvc:// URI, mounted once; read-only unless the output is written to it."""
+    read = [spec.model.source, *spec.dataset.train]
+    if spec.dataset.validation is not None:
+        read.append(spec.dataset.validation)
+    claims: dict[str, bool] = {}
+    for uri in read:
+        claim = parse_uri(uri).pvc_claim
+        if claim is not None:
+            claims.setdefault(claim, True)
+    output_claim = parse_uri(spec.output.destination).pvc_claim
+    if output_claim is not None:
+        claims[output_claim] = False
+    return [ClaimMount(claim=claim, read_only=ro) for claim, ro in claims.items()]
+
+
+def _volumes_and_mounts(*, ftj: FineTuneJob) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    volumes: list[dict[str, Any]] = [
+        {"name": CONFIG_VOLUME, "configMap": {"name": child_names(name=ftj.metadata.name).config_map}}
+    ]
+    mounts: list[dict[str, Any]] = [{"name": CONFIG_VOLUME, "mountPath": CONFIG_MOUNT_PATH, "readOnly": True}]
+    for index, mount in enumerate(claim_mounts(spec=ftj.spec)):
+        # Claim names can exceed a volume name's 63 characters; the index keeps volume names short and unique.
+        volume = f"pvc-{index}"
+        volumes.append(
+            {"name": volume, "persistentVolumeClaim": {"claimName": mount.claim, "readOnly": mount.read_only}}
+        )
+        mounts.append({"name": volume, "mountPath": str(pvc_mount_path(mount.claim)), "readOnly": mount.read_only})
+    shm = ftj.spec.resources.shared_memory
+    if shm is not None:
+        volumes.append({"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": shm}})
+        mounts.append({"name": SHM_VOLUME, "mountPath": "/dev/shm"})
+    return volumes, mounts
+
+
+def _resources(*, spec: FineTuneJobSpec) -> dict[str, Any]:
+    # Extended resources (GPUs) are set as limits; the API server copies them to requests.
+    limits: dict[str, str] = {GPU_RESOURCE: str(spec.resources.gpus_per_node)}
+    requests: dict[str, str] = {}
+    if spec.resources.cpu is not None:
+        requests["cpu"] = spec.resources.cpu
+    if spec.resources.memory is not None:
+        requests["memory"] = spec.resources.memory
+        # A memory limit equal to the request: an over-use is an OOMKill the status names, not a node hang.
+        limits["memory"] = spec.resources.memory
+    out: dict[str, Any] = {"limits": limits}
+    if requests:
+        out["requests"] = requests
+    return out
+
+
+def _container_security_context(*, settings: OperatorSettings) -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": settings.run_as_user,
+        "runAsGroup": settings.run_as_group,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _pod_security_context(*, settings: OperatorSettings) -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": settings.run_as_user,
+        "runAsGroup": settings.run_as_group,
+        "fsGroup": settings.fs_group,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def passthrough_annotations(*, ftj: FineTuneJob, settings: OperatorSettings) -> dict[str, str]:
+    return {
+        key: value
+        for key, value in ftj.metadata.annotations.items()
+        if any(key.startswith(prefix) for prefix in settings.pod_annotation_prefixes)
+    }
+
+
+def _node_selector(*, spec: FineTuneJobSpec) -> dict[str, str]:
+    selector = dict(spec.resources.node_selector)
+    if spec.resources.gpu_product is not None:
+        selector[GPU_PRODUCT_LABEL] = spec.resources.gpu_product
+    return selector
+
+
+def build_pod_template(*, ftj: FineTuneJob, settings: OperatorSettings) -> dict[str, Any]:
+    spec = ftj.spec
+    volumes, mounts = _volumes_and_mounts(ftj=ftj)
+    container: dict[str, Any] = {
+        "name": TRAINER_CONTAINER,
+        "image": spec.trainer.image or settings.trainer_image,
+        "imagePullPolicy": spec.trainer.image_pull_policy or settings.trainer_image_pull_policy,
+        "command": trainer_command(),
+        "env": _env(ftj=ftj, settings=settings),
+        "ports": [{"name": "rendezvous", "containerPort": settings.master_port}],
+        "resources": _resources(spec=spec),
+        "volumeMounts": mounts,
+        "securityContext": _container_security_context(settings=settings),
+        # The trainer writes its failure reason there; the operator copies it into status.failure.message.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "subdomain": child_names(name=ftj.metadata.name).service,
+        "terminationGracePeriodSeconds": settings.termination_grace_period_seconds,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": _pod_security_context(settings=settings),
+        "containers": [container],
+        "volumes": volumes,
+    }
+    node_selector = _node_selector(spec=spec)
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    if spec.resources.tolerations:
+        pod_spec["tolerations"] = [t.to_wire() for t in spec.resources.tolerations]
+    if spec.resources.affinity is not None:
+        pod_spec["affinity"] = spec.resources.affinity
+    if spec.resources.priority_class_name is not None:
+        pod_spec["priorityClassName"] = spec.resources.priority_class_name
+    metadata: dict[str, Any] = {"labels": child_labels(name=ftj.metadata.name)}
+    annotations = passthrough_annotations(ftj=ftj, settings=settings)
+    if annotations:
+        metadata["annotations"] = annotations
+    return {"metadata": metadata, "spec": pod_spec}

@@ -1,0 +1,55 @@
+"""The Kubernetes API permissions the operator needs: the one list the Helm chart's ClusterRole mirrors.
+
+Keep it minimal; each rule says which code needs it. A unit test compares this list with the chart's
+``charts/kubetune/templates/rbac.yaml``, and the integration tests run the operator with exactly these rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kubetune.api.resource import GROUP, PLURAL
+
+
+@dataclass(frozen=True, kw_only=True)
+class PolicyRule:
+    api_groups: tuple[str, ...]
+    resources: tuple[str, ...]
+    verbs: tuple[str, ...]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"apiGroups": list(self.api_groups), "resources": list(self.resources), "verbs": list(self.verbs)}
+
+
+RULES: tuple[PolicyRule, ...] = (
+    # Watch FineTuneJobs; kopf patches its progress annotations; the TTL deletes finished ones.
+    PolicyRule(api_groups=(GROUP,), resources=(PLURAL,), verbs=("get", "list", "watch", "patch", "delete")),
+    PolicyRule(api_groups=(GROUP,), resources=(f"{PLURAL}/status",), verbs=("get", "patch")),
+    # Owner references with blockOwnerDeletion need update on the owner's finalizers subresource
+    # where the OwnerReferencesPermissionEnforcement admission plugin is on (OpenShift, hardened clusters).
+    PolicyRule(api_groups=(GROUP,), resources=(f"{PLURAL}/finalizers",), verbs=("update",)),
+    # The trainer Job: created once, suspended/resumed by patch, watched for status.
+    PolicyRule(api_groups=("batch",), resources=("jobs",), verbs=("get", "list", "watch", "create", "patch")),
+    # Trainer pods are only observed (exit codes, scheduling failures).
+    PolicyRule(api_groups=("",), resources=("pods",), verbs=("get", "list", "watch")),
+    # The trainer config and the rendezvous Service: created once, adopted by patch after a restart.
+    PolicyRule(api_groups=("",), resources=("configmaps", "services"), verbs=("get", "create", "patch")),
+    # Milestone and failure Events on FineTuneJobs (the operator's and kopf's own).
+    PolicyRule(api_groups=("",), resources=("events",), verbs=("create", "patch")),
+    PolicyRule(api_groups=("events.k8s.io",), resources=("events",), verbs=("create", "patch")),
+    # kopf notices CRDs installed after it started (read-only).
+    PolicyRule(
+        api_groups=("apiextensions.k8s.io",), resources=("customresourcedefinitions",), verbs=("get", "list", "watch")
+    ),
+)
+
+
+def cluster_role(*, name: str) -> dict[str, Any]:
+    """The ClusterRole manifest granting :data:`RULES`."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": name},
+        "rules": [rule.to_wire() for rule in RULES],
+    }

@@ -1,0 +1,102 @@
+"""The operator's settings: typed, documented, read once from ``KUBETUNE_*`` environment variables.
+
+Each field maps to ``KUBETUNE_<FIELD_NAME_UPPERCASE>``; tuples are comma-separated. The operator validates
+them at start-up and refuses to run with a bad value, instead of failing on the first FineTuneJob.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+ENV_PREFIX = "KUBETUNE_"
+
+
+class SettingsError(ValueError):
+    """A setting from the environment is invalid; the message names the variable."""
+
+
+class OperatorSettings(BaseModel):
+    """Everything about the operator's behaviour that a cluster admin may tune."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    trainer_image: str = Field(
+        default="kubetune/trainer:0.1.0",
+        min_length=1,
+        max_length=512,
+        description="Trainer image when spec.trainer.image is unset; the chart pins it to its appVersion.",
+    )
+    trainer_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        default="IfNotPresent", description="Pull policy when spec.trainer.imagePullPolicy is unset."
+    )
+    pending_timeout_seconds: int = Field(
+        default=600,
+        ge=1,
+        description=(
+            "Seconds a trainer pod may stay unschedulable before the FineTuneJob fails as Unschedulable. "
+            "10 minutes leaves a cluster autoscaler time to add a GPU node."
+        ),
+    )
+    termination_grace_period_seconds: int = Field(
+        default=300,
+        ge=30,
+        description=(
+            "Seconds between SIGTERM and SIGKILL for a trainer pod: the trainer writes a checkpoint in "
+            "that window (a 7B model's optimizer state to object storage takes minutes)."
+        ),
+    )
+    master_port: int = Field(
+        default=29500, ge=1024, le=65535, description="torchrun rendezvous port on pod 0 (torch's default)."
+    )
+    resync_interval_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description=(
+            "Seconds between periodic re-checks of each FineTuneJob: pending timeouts and TTL expiry "
+            "have no watch event of their own. Also bounds how late a missed event is noticed."
+        ),
+    )
+    run_as_user: int = Field(default=1000, ge=1, description="UID of the trainer (non-root, restricted PSS).")
+    run_as_group: int = Field(default=1000, ge=1, description="GID of the trainer.")
+    fs_group: int = Field(default=1000, ge=1, description="Group owning mounted volumes, so PVCs are writable.")
+    pod_annotation_prefixes: tuple[str, ...] = Field(
+        default=("kubetune.test/",),
+        description=(
+            "FineTuneJob annotations whose key starts with one of these prefixes are copied to the trainer "
+            "pods. The default is the test hook of the fake-kubelet test cluster (kwok), harmless elsewhere."
+        ),
+    )
+    namespaces: tuple[str, ...] = Field(default=(), description="Namespaces to watch; empty means the whole cluster.")
+    metrics_port: int = Field(
+        default=8080, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 disables it."
+    )
+    health_port: int = Field(
+        default=8081, ge=0, le=65535, description="Port of the liveness endpoint (/healthz); 0 disables it."
+    )
+    max_workers: int = Field(
+        default=8, ge=1, le=256, description="Threads running handlers (each reconcile makes blocking API calls)."
+    )
+
+    @classmethod
+    def from_env(cls, *, environ: Mapping[str, str]) -> OperatorSettings:
+        """Read ``KUBETUNE_*`` variables; unknown ``KUBETUNE_*`` variables are left to other components."""
+        raw: dict[str, object] = {}
+        for name, field in cls.model_fields.items():
+            key = ENV_PREFIX + name.upper()
+            if key not in environ:
+                continue
+            value = environ[key]
+            if field.annotation == tuple[str, ...]:
+                raw[name] = tuple(part.strip() for part in value.split(",") if part.strip())
+            else:
+                raw[name] = value
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{ENV_PREFIX}{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in err.errors()
+            )
+            raise SettingsError(f"invalid operator settings: {problems}") from None

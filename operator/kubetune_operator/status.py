@@ -1,0 +1,345 @@
+"""Pure status computation: observed Job and pods in, the FineTuneJob's desired status out.
+
+Level-based: the status is recomputed from what is observed now (plus the previous status, for the times
+and transitions it must keep), so a missed or repeated watch event cannot leave it wrong. Terminal phases
+are sticky: once Succeeded or Failed, later observations (a Job deleted by hand) do not change them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from kubetune.api.exit_codes import FATAL_EXIT_CODES, reason_for_exit_code
+from kubetune.api.status import (
+    FAILED,
+    RUNNING,
+    SUCCEEDED,
+    SUSPENDED,
+    VALIDATED,
+    Condition,
+    ConditionStatus,
+    Failure,
+    FineTuneJobStatus,
+    Phase,
+)
+from kubetune_operator.builders.names import TRAINER_CONTAINER
+
+TERMINAL_PHASES: tuple[Phase, ...] = ("Succeeded", "Failed")
+INVALID_SPEC = "InvalidSpec"
+UNSCHEDULABLE = "Unschedulable"
+# The Job controller's message for a FailJob rule, e.g.
+# "Container trainer for pod ns/name-train-0-abcde failed with exit code 65 matching FailJob rule at index 0".
+_FAIL_JOB_MESSAGE = re.compile(
+    r"Container (?P<container>\S+) for pod \S+/(?P<pod>\S+) failed with exit code (?P<code>\d+)"
+)
+
+Obj = Mapping[str, Any]
+
+
+def now_utc() -> datetime:
+    """The current time at the API's precision (RFC 3339 seconds), so recomputed times compare equal."""
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    return datetime.fromisoformat(value).astimezone(UTC)
+
+
+def parse_status(raw: object) -> FineTuneJobStatus:
+    """The stored status; an unreadable one (written by an older operator) counts as empty."""
+    if not isinstance(raw, Mapping):
+        return FineTuneJobStatus()
+    try:
+        return FineTuneJobStatus.model_validate(raw)
+    except ValidationError:
+        return FineTuneJobStatus()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Observation:
+    """Everything the status is computed from."""
+
+    generation: int
+    spec_problems: Sequence[str]
+    job: Obj | None
+    pods: Sequence[Obj]
+    previous: FineTuneJobStatus
+    now: datetime
+    nodes: int
+    suspend_requested: bool
+    pending_timeout: timedelta
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Outcome:
+    phase: Phase
+    reason: str
+    message: str
+    failure: Failure | None = None
+    completion_time: datetime | None = None
+
+
+def _condition(obj: Obj | None, type_: str) -> Obj | None:
+    for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_ and cond.get("status") == "True":
+            return dict(cond)
+    return None
+
+
+def _terminated(pod: Obj) -> Obj | None:
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") == TRAINER_CONTAINER:
+            terminated = (status.get("state") or {}).get("terminated")
+            return dict(terminated) if terminated else None
+    return None
+
+
+def _pod_name(pod: Obj) -> str:
+    return str((pod.get("metadata") or {}).get("name", ""))
+
+
+def _failed_pods(pods: Sequence[Obj]) -> list[tuple[Obj, Obj]]:
+    """(pod, terminated state) of failed trainer containers, the most recent last."""
+    failed = []
+    for pod in pods:
+        terminated = _terminated(pod)
+        if terminated is not None and terminated.get("exitCode", 0) != 0:
+            failed.append((pod, terminated))
+    return sorted(failed, key=lambda item: str(item[1].get("finishedAt") or ""))
+
+
+def _pod_failure(*, reason: str, pod: Obj, terminated: Obj, context: str) -> Failure:
+    code = int(terminated.get("exitCode", 0))
+    detail = str(terminated.get("message") or "").strip()
+    message = f"{context}: container {TRAINER_CONTAINER} of pod {_pod_name(pod)} exited with code {code}"
+    if terminated.get("reason"):
+        message += f" ({terminated['reason']})"
+    if detail:
+        message += f": {detail}"
+    return Failure(reason=reason, message=message, pod=_pod_name(pod), container=TRAINER_CONTAINER, exit_code=code)
+
+
+def job_failure(*, job_failed: Obj, pods: Sequence[Obj]) -> Failure:
+    """Why the Job failed, naming the pod, container and exit code when the pods (or the Job) say."""
+    job_reason = str(job_failed.get("reason") or "JobFailed")
+    job_message = str(job_failed.get("message") or "")
+    failed = _failed_pods(pods)
+    if job_reason == "PodFailurePolicy":
+        fatal = [(p, t) for p, t in failed if int(t.get("exitCode", 0)) in FATAL_EXIT_CODES]
+        if fatal:
+            pod, terminated = fatal[-1]
+            code = int(terminated["exitCode"])
+            return _pod_failure(reason=reason_for_exit_code(code), pod=pod, terminated=terminated, context="fatal")
+        match = _FAIL_JOB_MESSAGE.search(job_message)
+        if match:  # the pod is gone already; the Job's condition still names it
+            code = int(match["code"])
+            return Failure(
+                reason=reason_for_exit_code(code),
+                message=job_message,
+                pod=match["pod"],
+                container=match["container"],
+                exit_code=code,
+            )
+        return Failure(reason="PodFailurePolicy", message=job_message)
+    if job_reason == "BackoffLimitExceeded" and failed:
+        pod, terminated = failed[-1]
+        reason = "OOMKilled" if terminated.get("reason") == "OOMKilled" else "BackoffLimitExceeded"
+        return _pod_failure(reason=reason, pod=pod, terminated=terminated, context="backoff limit exceeded")
+    return Failure(reason=job_reason, message=job_message or f"the Job failed: {job_reason}")
+
+
+def _unschedulable(*, pods: Sequence[Obj], now: datetime, timeout: timedelta) -> tuple[Failure | None, str]:
+    """A failure when a pod has been unschedulable longer than the timeout; else the scheduler's message."""
+    latest_message = ""
+    for pod in pods:
+        if (pod.get("status") or {}).get("phase") != "Pending":
+            continue
+        for cond in (pod.get("status") or {}).get("conditions") or []:
+            if cond.get("type") != "PodScheduled" or cond.get("status") != "False":
+                continue
+            if cond.get("reason") != UNSCHEDULABLE:
+                continue
+            since = parse_time(cond.get("lastTransitionTime")) or parse_time(
+                (pod.get("metadata") or {}).get("creationTimestamp")
+            )
+            message = str(cond.get("message") or "")
+            latest_message = message
+            if since is not None and now - since >= timeout:
+                return (
+                    Failure(
+                        reason=UNSCHEDULABLE,
+                        message=f"pod {_pod_name(pod)} unschedulable for over {int(timeout.total_seconds())}s: "
+                        f"{message}",
+                        pod=_pod_name(pod),
+                    ),
+                    message,
+                )
+    return None, latest_message
+
+
+def _active_outcome(obs: Observation) -> _Outcome:
+    """The phase of a Job that has neither succeeded nor failed."""
+    job = obs.job
+    assert job is not None
+    if (job.get("spec") or {}).get("suspend"):
+        if obs.suspend_requested:
+            return _Outcome(phase="Suspended", reason="SuspendedByUser", message="spec.runPolicy.suspend is true")
+        return _Outcome(phase="Pending", reason="WaitingForAdmission", message="the Job is suspended by its queue")
+    failure, scheduler_message = _unschedulable(pods=obs.pods, now=obs.now, timeout=obs.pending_timeout)
+    if failure is not None:
+        return _Outcome(phase="Failed", reason=failure.reason, message=failure.message, failure=failure)
+    live = [p for p in obs.pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
+    running = [p for p in live if (p.get("status") or {}).get("phase") == "Running"]
+    retries = int((job.get("status") or {}).get("failed") or 0)
+    retry_note = f"; {retries} failed pod(s) so far" if retries else ""
+    if len(running) >= obs.nodes:
+        return _Outcome(
+            phase="Running", reason="TrainerRunning", message=f"{len(running)}/{obs.nodes} pods running{retry_note}"
+        )
+    if scheduler_message:
+        return _Outcome(phase="Pending", reason=UNSCHEDULABLE, message=scheduler_message)
+    return _Outcome(
+        phase="Pending", reason="PodsStarting", message=f"{len(running)}/{obs.nodes} pods running{retry_note}"
+    )
+
+
+def _outcome(obs: Observation) -> _Outcome:
+    if obs.spec_problems:
+        message = "; ".join(obs.spec_problems)
+        failure = Failure(reason=INVALID_SPEC, message=message)
+        return _Outcome(phase="Failed", reason=INVALID_SPEC, message=message, failure=failure, completion_time=obs.now)
+    if obs.job is None:
+        return _Outcome(phase="Pending", reason="JobNotCreated", message="the trainer Job is being created")
+    job_status = obs.job.get("status") or {}
+    complete = _condition(obs.job, "Complete") or _condition(obs.job, "SuccessCriteriaMet")
+    if complete is not None:
+        return _Outcome(
+            phase="Succeeded",
+            reason="TrainingSucceeded",
+            message="every trainer pod finished",
+            completion_time=parse_time(job_status.get("completionTime")) or obs.now,
+        )
+    failed = _condition(obs.job, "Failed") or _condition(obs.job, "FailureTarget")
+    if failed is not None:
+        failure = job_failure(job_failed=failed, pods=obs.pods)
+        return _Outcome(
+            phase="Failed",
+            reason=failure.reason,
+            message=failure.message,
+            failure=failure,
+            completion_time=parse_time(failed.get("lastTransitionTime")) or obs.now,
+        )
+    return _active_outcome(obs)
+
+
+def _conditions(obs: Observation, outcome: _Outcome) -> list[Condition]:
+    phase = outcome.phase
+    valid = not obs.spec_problems
+    wanted: list[tuple[str, ConditionStatus, str, str]] = [
+        (VALIDATED, "True", "SpecValid", "") if valid else (VALIDATED, "False", INVALID_SPEC, outcome.message),
+        (RUNNING, "True", outcome.reason, outcome.message)
+        if phase == "Running"
+        else (RUNNING, "False", outcome.reason, outcome.message),
+        (SUSPENDED, "True", outcome.reason, outcome.message)
+        if phase == "Suspended"
+        else (SUSPENDED, "False", "NotSuspended", ""),
+        (SUCCEEDED, "True", outcome.reason, outcome.message)
+        if phase == "Succeeded"
+        else (SUCCEEDED, "False", "NotSucceeded", ""),
+        (FAILED, "True", outcome.reason, outcome.message) if phase == "Failed" else (FAILED, "False", "NotFailed", ""),
+    ]
+    previous = {c.type: c for c in obs.previous.conditions}
+    out = []
+    for type_, status, reason, message in wanted:
+        before = previous.get(type_)
+        # Per the API conventions the transition time moves only when the status does.
+        since = before.last_transition_time if before is not None and before.status == status else obs.now
+        out.append(
+            Condition(
+                type=type_,
+                status=status,
+                reason=reason,
+                message=message,
+                last_transition_time=since,
+                observed_generation=obs.generation,
+            )
+        )
+    return out
+
+
+def _start_time(obs: Observation, outcome: _Outcome) -> datetime | None:
+    if obs.previous.start_time is not None:
+        return obs.previous.start_time
+    if outcome.phase != "Running":
+        return None
+    starts = [parse_time((p.get("status") or {}).get("startTime")) for p in obs.pods]
+    known = [s for s in starts if s is not None]
+    return min(known) if known else obs.now
+
+
+def compute_status(obs: Observation) -> FineTuneJobStatus:
+    """The status the FineTuneJob should have, given what is observed."""
+    previous = obs.previous
+    if previous.phase in TERMINAL_PHASES:
+        return previous
+    outcome = _outcome(obs)
+    return FineTuneJobStatus(
+        phase=outcome.phase,
+        conditions=_conditions(obs, outcome),
+        observed_generation=obs.generation,
+        job_name=previous.job_name if obs.job is None else str(obs.job["metadata"]["name"]),
+        start_time=_start_time(obs, outcome),
+        completion_time=previous.completion_time or outcome.completion_time,
+        progress=previous.progress,
+        metrics=previous.metrics,
+        failure=outcome.failure,
+        output=previous.output,
+    )
+
+
+def status_patch(*, previous: FineTuneJobStatus, desired: FineTuneJobStatus) -> dict[str, Any] | None:
+    """A JSON merge patch of ``status`` turning previous into desired; ``None`` when they are equal."""
+    if previous == desired:
+        return None
+    old, new = previous.to_wire(), desired.to_wire()
+    patch: dict[str, Any] = dict(new)
+    for key in old:
+        if key not in new:
+            patch[key] = None  # merge patch deletes a key set to null
+    return patch
+
+
+EventType = Literal["Normal", "Warning"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventSpec:
+    type: EventType
+    reason: str
+    message: str
+
+
+def transition_events(*, previous: FineTuneJobStatus, desired: FineTuneJobStatus) -> list[EventSpec]:
+    """The Kubernetes Events a status change deserves: milestones and failures, each once."""
+    events: list[EventSpec] = []
+    if desired.start_time is not None and previous.start_time is None:
+        events.append(EventSpec(type="Normal", reason="TrainingStarted", message="the trainer pods are running"))
+    if desired.phase == previous.phase:
+        return events
+    if desired.phase == "Suspended":
+        events.append(EventSpec(type="Normal", reason="Suspended", message="the trainer pods were stopped"))
+    elif previous.phase == "Suspended" and desired.phase in ("Pending", "Running"):
+        events.append(EventSpec(type="Normal", reason="Resumed", message="the trainer Job was resumed"))
+    if desired.phase == "Succeeded":
+        events.append(EventSpec(type="Normal", reason="Succeeded", message="training finished"))
+    if desired.phase == "Failed" and desired.failure is not None:
+        events.append(EventSpec(type="Warning", reason=desired.failure.reason, message=desired.failure.message))
+    return events
