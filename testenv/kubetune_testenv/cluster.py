@@ -32,6 +32,8 @@ POD_CIDR = "10.244.0.0/16"
 FAKE_NODE_IP = "10.1.0.1"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 KUBECONFIG_ENV = "KUBETUNE_TEST_KUBECONFIG"
+WORKDIR_PREFIX = "kubetune-testenv-"
+OWNER_FILE = "owner.pid"  # pid of the session that owns a work dir, for cleaning up after SIGKILL
 
 
 class BinariesMissingError(RuntimeError):
@@ -100,9 +102,23 @@ class ExistingCluster(Cluster):
         path = os.environ.get(KUBECONFIG_ENV)
         if not path:
             return None
-        scratch = Path(tempfile.mkdtemp(prefix="kubetune-testenv-"))
+        scratch = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
         processes.register_cleanup(lambda: shutil.rmtree(scratch, ignore_errors=True))
         return cls(Path(path), scratch)
+
+
+def remove_stale_workdirs(parent: Path | None = None) -> list[Path]:
+    """Delete work dirs left by sessions that were SIGKILLed (their owner pid no longer exists)."""
+    removed = []
+    for directory in Path(parent or tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*"):
+        try:
+            owner = int((directory / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if owner != os.getpid() and not Path(f"/proc/{owner}").exists():
+            shutil.rmtree(directory, ignore_errors=True)
+            removed.append(directory)
+    return removed
 
 
 class ControlPlane(Cluster):
@@ -113,7 +129,10 @@ class ControlPlane(Cluster):
         self.settings = settings or Settings()
         self.binaries = bins or binaries()
         self._own_workdir = workdir is None
-        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="kubetune-testenv-"))
+        if workdir is None:
+            remove_stale_workdirs()
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
+        (self.workdir / OWNER_FILE).write_text(str(os.getpid()))
         super().__init__(self.workdir / "admin.kubeconfig", self.workdir)
         self.server = ""
         self._processes: list[processes.ManagedProcess] = []
