@@ -37,7 +37,6 @@ RULES: tuple[PolicyRule, ...] = (
     PolicyRule(api_groups=("",), resources=("configmaps", "services"), verbs=("get", "create", "patch")),
     # Milestone and failure Events on FineTuneJobs (the operator's and kopf's own).
     PolicyRule(api_groups=("",), resources=("events",), verbs=("create", "patch")),
-    PolicyRule(api_groups=("events.k8s.io",), resources=("events",), verbs=("create", "patch")),
     # kopf notices CRDs installed after it started (read-only).
     PolicyRule(
         api_groups=("apiextensions.k8s.io",), resources=("customresourcedefinitions",), verbs=("get", "list", "watch")

@@ -62,3 +62,11 @@ def child_metadata(*, ftj: FineTuneJob, name: str) -> dict[str, Any]:
         "labels": child_labels(name=ftj.metadata.name),
         "ownerReferences": [owner_reference(ftj=ftj)],
     }
+
+
+def name_problems(*, name: str) -> list[str]:
+    """What the CRD cannot check about a name the children's names derive from."""
+    # A Service name is a DNS-1035 label: it must start with a letter, where a FineTuneJob's name may not.
+    if name and not name[0].isalpha():
+        return ["metadata.name: must start with a letter (the rendezvous Service name derives from it)"]
+    return []

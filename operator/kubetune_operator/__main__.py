@@ -1,0 +1,57 @@
+"""``python -m kubetune_operator``: validate the settings, start /metrics, run the kopf operator."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import kopf
+from kubernetes import client, config
+from prometheus_client import start_http_server
+
+from kubetune_operator import k8s
+from kubetune_operator.handlers import register
+from kubetune_operator.metrics import OperatorMetrics
+from kubetune_operator.settings import OperatorSettings, SettingsError
+
+
+def api_client() -> client.ApiClient:
+    """In a pod: the ServiceAccount's credentials; elsewhere: $KUBECONFIG or ~/.kube/config."""
+    configuration = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config(client_configuration=configuration, persist_config=False)  # type: ignore[no-untyped-call]
+    return client.ApiClient(configuration)
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = OperatorSettings.from_env(environ=os.environ)
+    except SettingsError as err:
+        print(f"kubetune-operator: {err}", file=sys.stderr)
+        return 2
+    try:
+        kube = k8s.Kube(api_client=api_client())
+    except config.ConfigException as err:
+        print(f"kubetune-operator: no cluster credentials: {err}", file=sys.stderr)
+        return 2
+    metrics = OperatorMetrics()
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, registry=metrics.registry)
+    registry = kopf.OperatorRegistry()
+    register(registry=registry, settings=settings, kube=kube, metrics=metrics)
+    kopf.run(
+        registry=registry,
+        clusterwide=not settings.namespaces,
+        namespaces=settings.namespaces,
+        standalone=True,
+        liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""Kubernetes API calls: JSON in, JSON out, errors as typed exceptions.
+
+The operator's objects are plain dicts (what the builders produce and what status computation reads), so
+this module speaks JSON to the API server through the official client's authenticated connection instead
+of converting to and from the client's generated model classes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+from kubernetes.client import ApiClient
+
+from kubetune.api.resource import API_VERSION, KIND, PLURAL
+from kubetune_operator.builders.names import FINETUNEJOB_LABEL, MANAGED_BY
+from kubetune_operator.status import EventSpec
+
+Obj = dict[str, Any]
+JSON = "application/json"
+MERGE_PATCH = "application/merge-patch+json"
+# Seconds per API call; the API server answers in milliseconds unless it is in trouble.
+REQUEST_TIMEOUT = 30.0
+
+
+class ApiError(Exception):
+    """An API call failed; ``status`` is the HTTP status (0 when the server was not reached)."""
+
+    def __init__(self, *, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class ChildConflictError(Exception):
+    """A child's deterministic name is taken by an object the FineTuneJob does not own."""
+
+
+_PLURALS = {"ConfigMap": "configmaps", "Service": "services", "Job": "jobs", KIND: PLURAL}
+
+
+def collection_path(*, api_version: str, plural: str, namespace: str) -> str:
+    prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    return f"{prefix}/namespaces/{quote(namespace)}/{plural}"
+
+
+def object_path(*, api_version: str, plural: str, namespace: str, name: str) -> str:
+    return f"{collection_path(api_version=api_version, plural=plural, namespace=namespace)}/{quote(name)}"
+
+
+class Kube:
+    """A minimal JSON client over an authenticated :class:`kubernetes.client.ApiClient`."""
+
+    def __init__(self, *, api_client: ApiClient) -> None:
+        self._api = api_client
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Sequence[tuple[str, str]] = (),
+        body: Mapping[str, Any] | None = None,
+        content_type: str = JSON,
+    ) -> Obj:
+        headers = {"Accept": JSON}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        method_, url, headers_, body_, post = self._api.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=list(query),
+            header_params=headers,
+            body=dict(body) if body is not None else None,
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = self._api.call_api(
+                method_, url, header_params=headers_, body=body_, post_params=post, _request_timeout=REQUEST_TIMEOUT
+            )
+        except Exception as err:  # connection refused, TLS, timeouts: the server was not reached
+            status = int(getattr(err, "status", 0) or 0)
+            raise ApiError(status=status, reason=type(err).__name__, message=str(err)) from err
+        data: bytes = response.read()  # type: ignore[no-untyped-call]
+        payload: Obj = json.loads(data) if data else {}
+        if response.status >= 400:
+            raise ApiError(
+                status=response.status,
+                reason=str(payload.get("reason") or response.reason or ""),
+                message=str(payload.get("message") or data[:500]),
+            )
+        return payload
+
+    def get(self, path: str) -> Obj | None:
+        """The object, or ``None`` when it does not exist."""
+        try:
+            return self.request("GET", path)
+        except ApiError as err:
+            if err.status == 404:
+                return None
+            raise
+
+
+def finetunejob_path(*, namespace: str, name: str) -> str:
+    return object_path(api_version=API_VERSION, plural=PLURAL, namespace=namespace, name=name)
+
+
+def read_finetunejob(kube: Kube, *, namespace: str, name: str) -> Obj | None:
+    return kube.get(finetunejob_path(namespace=namespace, name=name))
+
+
+def _path_of(manifest: Mapping[str, Any], *, name: str | None = None) -> str:
+    meta = manifest["metadata"]
+    return object_path(
+        api_version=manifest["apiVersion"],
+        plural=_PLURALS[manifest["kind"]],
+        namespace=meta["namespace"],
+        name=name or meta["name"],
+    )
+
+
+def _controller_uid(obj: Mapping[str, Any]) -> str | None:
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return str(ref.get("uid"))
+    return None
+
+
+def ensure_child(kube: Kube, *, manifest: Mapping[str, Any]) -> tuple[Obj, bool]:
+    """Create the child unless it exists; adopt an orphan carrying our label. Returns (object, created).
+
+    Create-then-read (not read-then-create) is race-free: two reconciles of the same FineTuneJob, or an
+    operator restarted mid-reconcile, cannot both create, because names are deterministic.
+    """
+    meta = manifest["metadata"]
+    owner = meta["ownerReferences"][0]
+    collection = collection_path(
+        api_version=manifest["apiVersion"], plural=_PLURALS[manifest["kind"]], namespace=meta["namespace"]
+    )
+    try:
+        return kube.request("POST", collection, body=manifest), True
+    except ApiError as err:
+        if err.status != 409:
+            raise
+    existing = kube.get(_path_of(manifest))
+    if existing is None:  # deleted between our POST and GET: the next reconcile creates it
+        raise ApiError(status=409, reason="Conflict", message=f"{manifest['kind']} {meta['name']} is being deleted")
+    controller = _controller_uid(existing)
+    if controller == owner["uid"]:
+        return existing, False
+    labels = (existing.get("metadata") or {}).get("labels") or {}
+    if controller is None and labels.get(FINETUNEJOB_LABEL) == owner["name"]:
+        patch = {"metadata": {"ownerReferences": [owner], "resourceVersion": existing["metadata"]["resourceVersion"]}}
+        return kube.request("PATCH", _path_of(manifest), body=patch, content_type=MERGE_PATCH), False
+    raise ChildConflictError(
+        f"{manifest['kind']} {meta['namespace']}/{meta['name']} already exists and is not owned by this FineTuneJob"
+    )
+
+
+def read_job(kube: Kube, *, namespace: str, name: str) -> Obj | None:
+    return kube.get(object_path(api_version="batch/v1", plural="jobs", namespace=namespace, name=name))
+
+
+def list_trainer_pods(kube: Kube, *, namespace: str, ftj_name: str, job_uid: str) -> list[Obj]:
+    """The pods of this Job (not of an earlier FineTuneJob of the same name whose pods linger)."""
+    path = collection_path(api_version="v1", plural="pods", namespace=namespace)
+    selector = f"{FINETUNEJOB_LABEL}={ftj_name},batch.kubernetes.io/controller-uid={job_uid}"
+    items = kube.request("GET", path, query=[("labelSelector", selector)]).get("items") or []
+    return [dict(item) for item in items]
+
+
+def set_job_suspend(kube: Kube, *, namespace: str, name: str, suspend: bool) -> Obj:
+    path = object_path(api_version="batch/v1", plural="jobs", namespace=namespace, name=name)
+    return kube.request("PATCH", path, body={"spec": {"suspend": suspend}}, content_type=MERGE_PATCH)
+
+
+def patch_finetunejob_status(
+    kube: Kube, *, namespace: str, name: str, status: Mapping[str, Any], resource_version: str
+) -> Obj:
+    """Merge-patch ``status``; the resourceVersion makes a stale write fail with 409 instead of winning."""
+    path = finetunejob_path(namespace=namespace, name=name) + "/status"
+    body = {"metadata": {"resourceVersion": resource_version}, "status": dict(status)}
+    return kube.request("PATCH", path, body=body, content_type=MERGE_PATCH)
+
+
+def delete_finetunejob(kube: Kube, *, namespace: str, name: str, uid: str) -> None:
+    """Delete this FineTuneJob (the uid precondition spares a new one of the same name); children follow."""
+    body = {"propagationPolicy": "Background", "preconditions": {"uid": uid}}
+    try:
+        kube.request("DELETE", finetunejob_path(namespace=namespace, name=name), body=body)
+    except ApiError as err:
+        if err.status not in (404, 409):
+            raise
+
+
+def build_event(*, ftj: Mapping[str, Any], event: EventSpec, now: datetime) -> Obj:
+    """A core/v1 Event about the FineTuneJob (what ``kubectl describe ftj`` lists)."""
+    meta = ftj["metadata"]
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta["uid"],
+            "resourceVersion": meta.get("resourceVersion", ""),
+        },
+        "type": event.type,
+        "reason": event.reason,
+        # Event messages are capped at 1 KiB by the API server's validation.
+        "message": event.message[:1024],
+        "source": {"component": MANAGED_BY},
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
+
+
+def post_event(kube: Kube, *, ftj: Mapping[str, Any], event: EventSpec, now: datetime) -> None:
+    path = collection_path(api_version="v1", plural="events", namespace=ftj["metadata"]["namespace"])
+    kube.request("POST", path, body=build_event(ftj=ftj, event=event, now=now))
