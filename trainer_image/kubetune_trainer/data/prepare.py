@@ -1,0 +1,228 @@
+"""``prepare_data``: read → parse → validate → split → tokenize, failing with every problem at once.
+
+Like OpenAI's fine-tuning file validation, nothing trains until the whole dataset passed: each bad
+record is reported with its "file:line" and field, the report is written to ``data-report.json`` and
+:class:`DataError` stops the run (exit code BAD_DATA) instead of training on half a dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from fsspec import AbstractFileSystem
+from transformers import PreTrainedTokenizerBase
+
+from kubetune.api.spec import DatasetSpec
+from kubetune.api.uris import PVC_MOUNT_ROOT
+from kubetune_trainer.data.formats import DetectionError, Schema, detect_schema, parse_record
+from kubetune_trainer.data.report import MAX_REPORTED_ERRORS, token_stats, write_report
+from kubetune_trainer.data.sources import RawRecord, read_file_bytes, read_records, resolve_data_files, sha256_hex
+from kubetune_trainer.data.split import split_examples
+from kubetune_trainer.data.tokenize import tokenize_examples
+from kubetune_trainer.data.types import (
+    DataError,
+    DataIssue,
+    DataReport,
+    Example,
+    PreparedData,
+    TokenizedExample,
+)
+
+# Below this many training examples fine-tuning rarely generalizes; it is a warning, not an error.
+MIN_RECOMMENDED_EXAMPLES = 100
+# Skipped records named one by one in the warnings; the rest are only counted.
+MAX_LISTED_SKIPS = 20
+
+
+@dataclass(kw_only=True)
+class _Collector:
+    """The report under construction, plus the training files' running hash."""
+
+    report: DataReport
+    report_dir: Path | None
+    hasher: hashlib._Hash = field(default_factory=hashlib.sha256)
+
+    def error(self, issue: DataIssue) -> None:
+        self.report.error_count += 1
+        if len(self.report.errors) < MAX_REPORTED_ERRORS:
+            self.report.errors.append(issue)
+
+    def skip(self, issue: DataIssue) -> None:
+        self.report.skipped += 1
+        if self.report.skipped <= MAX_LISTED_SKIPS:
+            self.report.warnings.append(f"{issue}: record skipped")
+
+    def fail_if_errors(self, stage: str) -> None:
+        if not self.report.error_count:
+            return
+        self.report.status = "failed"
+        path = write_report(self.report, directory=self.report_dir) if self.report_dir else None
+        count = self.report.error_count
+        summary = f"{stage}: {count} problem{'s' if count != 1 else ''} in the dataset"
+        raise DataError(summary, errors=self.report.errors, report_path=path)
+
+
+def prepare_data(
+    dataset: DatasetSpec,
+    *,
+    tokenizer: PreTrainedTokenizerBase,
+    seed: int,
+    report_dir: Path | None = None,
+    pvc_root: PurePosixPath = PVC_MOUNT_ROOT,
+    remote_fs: AbstractFileSystem | None = None,
+) -> PreparedData:
+    """Validate and tokenize a dataset. Raises :class:`DataError` (bad data, report written when
+    ``report_dir`` is given) or :class:`DataConfigError` (the tokenizer cannot format it).
+
+    ``remote_fs`` stands in for the s3 filesystem (tests, or a store configured by the caller).
+    """
+    collector = _Collector(report=DataReport(max_seq_length=dataset.max_seq_length), report_dir=report_dir)
+    train = _load(dataset.train, role="train", dataset=dataset, out=collector, pvc_root=pvc_root, fs=remote_fs)
+    validation: list[Example] = []
+    if dataset.validation is not None:
+        validation = _load(
+            [dataset.validation], role="validation", dataset=dataset, out=collector, pvc_root=pvc_root, fs=remote_fs
+        )
+    if not train and not collector.report.error_count:
+        collector.error(DataIssue(", ".join(dataset.train), "train", "no training records"))
+    collector.fail_if_errors("data validation failed")
+
+    report = collector.report
+    report.records = len(train) + len(validation)
+    if dataset.validation is not None:
+        report.validation_source = "file"
+    elif dataset.validation_split is not None:
+        report.validation_source = "split"
+        try:
+            train, validation = split_examples(train, fraction=dataset.validation_split, seed=seed)
+        except ValueError as err:
+            collector.error(DataIssue(", ".join(dataset.train), "validationSplit", str(err)))
+            collector.fail_if_errors("data validation failed")
+
+    train_tokens = _tokenize(train, tokenizer=tokenizer, dataset=dataset, out=collector)
+    validation_tokens = _tokenize(validation, tokenizer=tokenizer, dataset=dataset, out=collector)
+    collector.fail_if_errors("tokenization failed")
+
+    report.train_examples, report.validation_examples = len(train_tokens), len(validation_tokens)
+    report.train_tokens = token_stats(train_tokens)
+    report.validation_tokens = token_stats(validation_tokens)
+    _warn(report, train=train, validation=validation)
+    if report_dir is not None:
+        write_report(report, directory=report_dir)
+    return PreparedData(
+        train=train_tokens, validation=validation_tokens, report=report, dataset_sha256=collector.hasher.hexdigest()
+    )
+
+
+def _load(
+    uris: list[str],
+    *,
+    role: str,
+    dataset: DatasetSpec,
+    out: _Collector,
+    pvc_root: PurePosixPath,
+    fs: AbstractFileSystem | None,
+) -> list[Example]:
+    examples: list[Example] = []
+    for position, uri in enumerate(uris):
+        where = f"train[{position}]" if role == "train" else "validation"
+        try:
+            resolved = resolve_data_files(uri, pvc_root=pvc_root, remote_fs=fs)
+        except LookupError as err:
+            out.error(DataIssue(uri, where, str(err)))
+            continue
+        out.report.warnings += [f"{skipped}: skipped, not a data file" for skipped in resolved.skipped]
+        for data_file in resolved.files:
+            try:
+                content = read_file_bytes(data_file)
+            except OSError as err:
+                out.error(DataIssue(data_file.uri, where, f"cannot read: {err}"))
+                continue
+            if role == "train":
+                out.hasher.update(content)
+            schema, parsed = _parse_file(read_records(data_file, content), dataset=dataset, out=out)
+            examples += parsed
+            out.report.files.append(
+                {
+                    "uri": data_file.uri,
+                    "role": role,
+                    "format": schema.format if schema else None,
+                    "columns": schema.columns if schema else None,
+                    "records": len(parsed),
+                    "sha256": sha256_hex(content),
+                }
+            )
+            if schema is not None:
+                out.report.detection.append(f"{data_file.uri}: {schema.describe()}")
+                out.report.formats[schema.format] = out.report.formats.get(schema.format, 0) + len(parsed)
+            elif not out.report.error_count:
+                out.report.warnings.append(f"{data_file.uri}: empty, no records")
+    return examples
+
+
+def _parse_file(
+    records: Iterable[RawRecord], *, dataset: DatasetSpec, out: _Collector
+) -> tuple[Schema | None, list[Example]]:
+    """Parse one file's records; the first JSON object decides the schema for the whole file."""
+    schema: Schema | None = None
+    examples: list[Example] = []
+    for record in records:
+        if record.error is not None:
+            out.error(DataIssue(record.source, "", record.error))
+            continue
+        if schema is None and isinstance(record.value, dict):
+            try:
+                schema = detect_schema(record.value, configured=dataset.format, mapping=dataset.field_mapping)
+            except DetectionError as err:
+                out.error(DataIssue(record.source, "format", str(err)))
+                break
+        if schema is None:
+            out.error(DataIssue(record.source, "", "expected a JSON object"))
+            continue
+        parsed = parse_record(record.value, source=record.source, schema=schema)
+        if isinstance(parsed, Example):
+            examples.append(parsed)
+            continue
+        for issue in parsed.errors:
+            out.error(issue)
+        if not parsed.errors:
+            out.skip(parsed.blanks[0])
+    return schema, examples
+
+
+def _tokenize(
+    examples: list[Example], *, tokenizer: PreTrainedTokenizerBase, dataset: DatasetSpec, out: _Collector
+) -> list[TokenizedExample]:
+    outcome = tokenize_examples(examples, tokenizer=tokenizer, max_seq_length=dataset.max_seq_length)
+    for issue in outcome.issues:
+        out.error(issue)
+    out.report.truncated += outcome.truncated
+    return [e for e in outcome.examples if e is not None]
+
+
+def _content_key(example: Example) -> object:
+    return (example.messages, example.text)
+
+
+def _warn(report: DataReport, *, train: list[Example], validation: list[Example]) -> None:
+    if report.truncated:
+        report.warnings.append(
+            f"{report.truncated} example(s) longer than maxSeqLength={report.max_seq_length} tokens were "
+            "truncated; their ends get no loss"
+        )
+    if len(train) < MIN_RECOMMENDED_EXAMPLES:
+        report.warnings.append(
+            f"only {len(train)} training examples; fine-tuning usually needs at least "
+            f"{MIN_RECOMMENDED_EXAMPLES} to generalize"
+        )
+    counts = Counter(_content_key(e) for e in train)
+    report.duplicates = sum(n - 1 for n in counts.values())
+    if report.duplicates:
+        report.warnings.append(f"{report.duplicates} training example(s) duplicate an earlier one")
+    leaked = sum(1 for e in validation if _content_key(e) in counts)
+    if leaked:
+        report.warnings.append(f"{leaked} validation example(s) also appear in the training data")
