@@ -31,10 +31,23 @@ mkdir -p "$DEST_DIR"
 TMP_BIN="$(mktemp -d "$DEST_DIR/.build.XXXXXX")"
 trap 'rm -rf "$TMP_BIN"' EXIT
 
-echo "building helm $HELM_VERSION with $(go version | cut -d' ' -f3) (-p $JOBS, GOMAXPROCS=$JOBS) ..." >&2
+export GOFLAGS=-mod=mod GOTOOLCHAIN=local GOMAXPROCS="$JOBS" CGO_ENABLED=0
 start=$(date +%s)
-GOBIN="$TMP_BIN" GOFLAGS=-mod=mod GOTOOLCHAIN=local GOMAXPROCS="$JOBS" CGO_ENABLED=0 \
-    nice -n 19 go install -p "$JOBS" -trimpath -ldflags="-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+echo "downloading helm.sh/helm/v3@$HELM_VERSION ..." >&2
+gomod="$(go mod download -json "helm.sh/helm/v3@$HELM_VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",*$/\1/p')"
+# Helm's Makefile stamps the version and the Kubernetes version it was built against (client-go v0.N.x is
+# Kubernetes 1.N) into the binary; a plain `go install` leaves "v3.22" and Kubernetes 1.20, and then
+# `helm template` rejects every chart with a kubeVersion constraint above 1.20.
+k8s_minor="$(awk '$1 == "k8s.io/client-go" { split($2, v, "."); print v[2] }' "$gomod")"
+[[ -n "$k8s_minor" ]] || { echo "error: no k8s.io/client-go requirement in $gomod" >&2; exit 1; }
+ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+    ldflags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$k8s_minor"
+done
+
+echo "building helm $HELM_VERSION (Kubernetes 1.$k8s_minor) with $(go version | cut -d' ' -f3)" \
+    "(-p $JOBS, GOMAXPROCS=$JOBS) ..." >&2
+GOBIN="$TMP_BIN" nice -n 19 go install -p "$JOBS" -trimpath -ldflags="$ldflags" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 mv "$TMP_BIN/helm" "$DEST.partial"
 mv "$DEST.partial" "$DEST"
 echo "built helm $HELM_VERSION in $(( $(date +%s) - start ))s: $("$DEST" version --short)" >&2

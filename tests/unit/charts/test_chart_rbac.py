@@ -1,0 +1,86 @@
+"""The chart's RBAC: the operator's ClusterRole grants exactly kubetune_operator.rbac.RULES; users get
+aggregated edit/view roles."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from helm_render import NAMESPACE, Manifest, Render, by_kind, one
+from kubetune_operator.rbac import RULES
+
+Permission = tuple[str, str, str]  # (apiGroup, resource, verb)
+
+
+def permissions(rules: Iterable[dict[str, Any]]) -> set[Permission]:
+    """Rules flattened to single permissions: two rule lists are equivalent when these sets are equal."""
+    return {
+        (group, resource, verb)
+        for rule in rules
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def operator_role(manifests: list[Manifest]) -> Manifest:
+    return one(manifests, "ClusterRole", "kubetune-operator")
+
+
+def test_operator_cluster_role_grants_exactly_the_operator_rules(default_manifests: list[Manifest]) -> None:
+    granted = permissions(operator_role(default_manifests)["rules"])
+    needed = permissions(rule.to_wire() for rule in RULES)
+    assert granted - needed == set(), "the chart grants more than kubetune_operator/rbac.py asks for"
+    assert needed - granted == set(), "the chart misses rules from kubetune_operator/rbac.py"
+
+
+def test_operator_role_is_bound_to_the_operator_service_account(default_manifests: list[Manifest]) -> None:
+    binding = one(default_manifests, "ClusterRoleBinding", "kubetune-operator")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": "kubetune-operator",
+    }
+    deployment = one(default_manifests, "Deployment")
+    account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}]
+    assert one(default_manifests, "ServiceAccount", account)["metadata"]["namespace"] == NAMESPACE
+
+
+def test_peering_adds_only_kopf_peering_permissions(render: Render, default_manifests: list[Manifest]) -> None:
+    with_peering = permissions(operator_role(render({"operator": {"peering": {"enabled": True}}}))["rules"])
+    extra = with_peering - permissions(operator_role(default_manifests)["rules"])
+    assert {group for group, _, _ in extra} == {"kopf.dev"}
+    assert {resource for _, resource, _ in extra} == {"clusterkopfpeerings", "kopfpeerings"}
+    assert "delete" not in {verb for _, _, verb in extra}
+
+
+def test_user_roles_aggregate_into_the_builtin_roles(default_manifests: list[Manifest]) -> None:
+    edit = one(default_manifests, "ClusterRole", "kubetune-edit")
+    view = one(default_manifests, "ClusterRole", "kubetune-view")
+    edit_labels, view_labels = edit["metadata"]["labels"], view["metadata"]["labels"]
+    assert edit_labels["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert edit_labels["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+    assert view_labels["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert "rbac.authorization.k8s.io/aggregate-to-edit" not in view_labels
+
+
+def test_editors_manage_finetunejobs_but_cannot_write_status(default_manifests: list[Manifest]) -> None:
+    edit = permissions(one(default_manifests, "ClusterRole", "kubetune-edit")["rules"])
+    for verb in ("create", "get", "list", "watch", "update", "patch", "delete", "deletecollection"):
+        assert ("kubetune.io", "finetunejobs", verb) in edit
+    assert {v for g, r, v in edit if r == "finetunejobs/status"} == {"get", "list", "watch"}
+    # The built-in edit role does not include view's rules by aggregation: edit must carry its own reads.
+    assert {g for g, _, _ in edit} == {"kubetune.io"}
+
+
+def test_viewers_only_read(default_manifests: list[Manifest]) -> None:
+    view = permissions(one(default_manifests, "ClusterRole", "kubetune-view")["rules"])
+    assert {verb for _, _, verb in view} == {"get", "list", "watch"}
+    assert {resource for _, resource, _ in view} == {"finetunejobs", "finetunejobs/status"}
+
+
+def test_rbac_can_be_left_to_the_platform_team(render: Render) -> None:
+    manifests = render({"rbac": {"create": False, "aggregateToDefaultRoles": False}})
+    assert by_kind(manifests, "ClusterRole") == []
+    assert by_kind(manifests, "ClusterRoleBinding") == []
