@@ -27,12 +27,12 @@ def api_client() -> client.ApiClient:
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         settings = OperatorSettings.from_env(environ=os.environ)
     except SettingsError as err:
         print(f"kubetune-operator: {err}", file=sys.stderr)
         return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         kube = k8s.Kube(api_client=api_client())
     except config.ConfigException as err:
@@ -47,7 +47,8 @@ def main() -> int:
         registry=registry,
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
-        standalone=True,
+        standalone=settings.peering_name is None,
+        peering_name=settings.peering_name,
         liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None,
     )
     return 0

@@ -34,13 +34,15 @@ def configure_kopf(*, kopf_settings: kopf.OperatorSettings, settings: OperatorSe
     )
     # kopf's timer keeps a finalizer on each FineTuneJob so it can stop the timer before deletion.
     kopf_settings.persistence.finalizer = FINALIZER
-    # One replica: no peering objects to create (and no RBAC for them). See docs/operator.md.
-    kopf_settings.peering.standalone = True
+    # One replica needs no peering objects (nor RBAC for them); several coordinate through a named one.
+    kopf_settings.peering.standalone = settings.peering_name is None
+    if settings.peering_name is not None:
+        kopf_settings.peering.name = settings.peering_name
     kopf_settings.execution.max_workers = settings.max_workers
     # Our handlers post their own Events with specific reasons; kopf's log lines stay in the log.
     kopf_settings.posting.level = logging.WARNING
     # Transient API trouble: retry a failed handler with backoff instead of giving up.
-    kopf_settings.batching.error_delays = (1, 1, 2, 5, 10, 20, 30, 60)
+    kopf_settings.queueing.error_delays = (1, 1, 2, 5, 10, 20, 30, 60)
 
 
 class KeyedLocks:

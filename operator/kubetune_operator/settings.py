@@ -76,6 +76,18 @@ class OperatorSettings(BaseModel):
     health_port: int = Field(
         default=8081, ge=0, le=65535, description="Port of the liveness endpoint (/healthz); 0 disables it."
     )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Level of the operator's log (kopf's and the handlers')."
+    )
+    peering_name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        description=(
+            "kopf peering object to coordinate replicas through (only the highest-priority replica acts); "
+            "unset runs standalone, which is right for the single replica the chart deploys by default."
+        ),
+    )
     max_workers: int = Field(
         default=8, ge=1, le=256, description="Threads running handlers (each reconcile makes blocking API calls)."
     )

@@ -64,7 +64,7 @@ def test_gpu_product_and_node_selector_are_combined(make_ftj: MakeFtj) -> None:
 
 
 def test_tolerations_affinity_and_priority_class_pass_through(make_ftj: MakeFtj) -> None:
-    affinity = {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}}
+    affinity: dict[str, Any] = {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}}
     job = job_for(
         make_ftj,
         resources={

@@ -1,0 +1,37 @@
+"""Pure parts of the API layer: paths and Event objects."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from kubetune_operator.k8s import build_event, collection_path, object_path
+from kubetune_operator.status import EventSpec
+
+
+def test_core_and_group_resources_have_their_api_prefixes() -> None:
+    assert collection_path(api_version="v1", plural="pods", namespace="ns") == "/api/v1/namespaces/ns/pods"
+    assert (
+        object_path(api_version="kubetune.io/v1alpha1", plural="finetunejobs", namespace="ns", name="x")
+        == "/apis/kubetune.io/v1alpha1/namespaces/ns/finetunejobs/x"
+    )
+
+
+def test_events_point_at_the_finetunejob_and_cap_the_message() -> None:
+    ftj = {"metadata": {"name": "demo", "namespace": "ns", "uid": "u1", "resourceVersion": "7"}}
+    event = build_event(
+        ftj=ftj,
+        event=EventSpec(type="Warning", reason="BadData", message="x" * 5000),
+        now=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+    )
+    assert event["involvedObject"] == {
+        "apiVersion": "kubetune.io/v1alpha1",
+        "kind": "FineTuneJob",
+        "name": "demo",
+        "namespace": "ns",
+        "uid": "u1",
+        "resourceVersion": "7",
+    }
+    assert (event["type"], event["reason"]) == ("Warning", "BadData")
+    assert len(event["message"]) == 1024
+    assert event["firstTimestamp"] == event["lastTimestamp"] == "2026-01-02T03:04:05Z"
+    assert event["metadata"] == {"generateName": "demo.", "namespace": "ns"}

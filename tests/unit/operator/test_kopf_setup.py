@@ -1,0 +1,38 @@
+"""kopf is configured explicitly: annotation storage (the status schema prunes status.kopf), our finalizer."""
+
+from __future__ import annotations
+
+import kopf
+from kubetune_operator.handlers import FINALIZER, configure_kopf, register
+from kubetune_operator.k8s import Kube
+from kubetune_operator.metrics import OperatorMetrics
+from kubetune_operator.settings import OperatorSettings
+
+
+def test_kopf_keeps_its_bookkeeping_in_annotations_not_in_the_pruned_status() -> None:
+    kopf_settings = kopf.OperatorSettings()
+    configure_kopf(kopf_settings=kopf_settings, settings=OperatorSettings(max_workers=3))
+    assert isinstance(kopf_settings.persistence.progress_storage, kopf.AnnotationsProgressStorage)
+    assert isinstance(kopf_settings.persistence.diffbase_storage, kopf.AnnotationsDiffBaseStorage)
+    assert kopf_settings.persistence.finalizer == FINALIZER
+    assert kopf_settings.peering.standalone is True
+    assert kopf_settings.execution.max_workers == 3
+
+
+def test_a_peering_name_turns_standalone_mode_off() -> None:
+    kopf_settings = kopf.OperatorSettings()
+    configure_kopf(kopf_settings=kopf_settings, settings=OperatorSettings(peering_name="kubetune"))
+    assert kopf_settings.peering.standalone is False and kopf_settings.peering.name == "kubetune"
+
+
+def test_handlers_watch_finetunejobs_and_their_labelled_jobs_and_pods() -> None:
+    registry = kopf.OperatorRegistry()
+    register(registry=registry, settings=OperatorSettings(), kube=Kube(api_client=None), metrics=OperatorMetrics())  # type: ignore[arg-type]
+    watched = {(h.selector.group, h.selector.any_name) for h in registry._watching.get_all_handlers()}  # type: ignore[union-attr]
+    changing = {h.selector.group for h in registry._changing.get_all_handlers()}  # type: ignore[union-attr]
+    timers = list(registry._spawning.get_all_handlers())
+    assert changing == {"kubetune.io"}
+    assert len(timers) == 1 and getattr(timers[0], "interval", None) == OperatorSettings().resync_interval_seconds
+    assert watched == {("batch", "jobs"), ("", "pods")}
+    for handler in registry._watching.get_all_handlers():
+        assert "kubetune.io/finetunejob" in (handler.labels or {})
