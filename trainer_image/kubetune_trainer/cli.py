@@ -1,0 +1,98 @@
+"""``kubetune train --config FILE`` / ``python -m kubetune_trainer train --config FILE``.
+
+Exit codes are the contract in :mod:`kubetune.api.exit_codes`: 0 done, 65 bad data, 78 bad config,
+75 checkpointed on SIGTERM, 79 diverged; anything else (a crash) is retried by the Job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+
+from kubetune.api.exit_codes import ExitCode, reason_for_exit_code
+from kubetune.api.progress import FailedEvent, StoppedEvent
+from kubetune.api.trainer_config import TrainerConfig, TrainerConfigError, load_trainer_config
+from kubetune.api.uris import PVC_MOUNT_ROOT
+from kubetune_trainer.reporting import JsonLinesReporter, Reporter
+
+log = logging.getLogger("kubetune_trainer")
+
+# Local scratch for downloads and GGUF conversions; an emptyDir in the pod.
+CACHE_DIR_ENV = "KUBETUNE_CACHE_DIR"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kubetune-trainer", description="The kubetune fine-tuning trainer.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="fine-tune as the trainer config says")
+    train.add_argument("--config", required=True, type=Path, help="trainer config (YAML or JSON)")
+    train.add_argument(
+        "--pvc-root",
+        type=PurePosixPath,
+        default=PVC_MOUNT_ROOT,
+        help=f"where pvc://claim/path URIs are mounted (default {PVC_MOUNT_ROOT})",
+    )
+    train.add_argument("--events-file", type=Path, help="also append progress events (JSON lines) here")
+    train.add_argument("--threads", type=int, help="torch intra-op threads (default: one per core)")
+    train.add_argument("--no-stdout-events", action="store_true", help="do not print progress events to stdout")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    reporter = JsonLinesReporter(
+        stream=None if args.no_stdout_events or not is_main else sys.stdout,
+        path=args.events_file if is_main else None,
+    )
+    try:
+        config = load_trainer_config(args.config)
+    except TrainerConfigError as err:
+        return _fail(reporter, ExitCode.BAD_CONFIG, str(err))
+    cache_dir = Path(os.environ.get(CACHE_DIR_ENV) or tempfile.mkdtemp(prefix="kubetune-cache-"))
+    return run(config, reporter=reporter, cache_dir=cache_dir, pvc_root=args.pvc_root, threads=args.threads)
+
+
+def run(
+    config: TrainerConfig,
+    *,
+    reporter: Reporter,
+    cache_dir: Path,
+    pvc_root: PurePosixPath = PVC_MOUNT_ROOT,
+    threads: int | None = None,
+    sample_prompts: int = 3,
+) -> int:
+    """Train and map the outcome to an exit code (the process-level entry point without argparse)."""
+    from kubetune_trainer.data import DataConfigError, DataError
+    from kubetune_trainer.errors import StoppedOnSignal, TrainerError
+    from kubetune_trainer.recipe import FineTuneRecipe, RunOptions
+
+    options = RunOptions(cache_dir=cache_dir, pvc_root=pvc_root, threads=threads, sample_prompts=sample_prompts)
+    options.stop.install()
+    recipe = FineTuneRecipe(config, options=options, reporter=reporter)
+    try:
+        recipe.setup()
+        recipe.train()
+        recipe.write_output()
+        return ExitCode.OK
+    except StoppedOnSignal as stopped:
+        log.warning("%s", stopped)
+        reporter.emit(StoppedEvent(step=stopped.step, checkpoint_uri=stopped.checkpoint_uri))
+        return ExitCode.CHECKPOINTED_ON_SIGTERM
+    except (TrainerError, DataError, DataConfigError) as err:
+        return _fail(reporter, ExitCode(err.exit_code), str(err))
+    finally:
+        recipe.cleanup()
+
+
+def _fail(reporter: Reporter, code: ExitCode, message: str) -> int:
+    print(f"kubetune-trainer: {reason_for_exit_code(code)}: {message}", file=sys.stderr, flush=True)
+    reporter.emit(FailedEvent(reason=reason_for_exit_code(code), message=message, exit_code=int(code)))
+    reporter.close()
+    return int(code)

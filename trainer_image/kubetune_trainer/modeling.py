@@ -1,0 +1,253 @@
+"""Load the base model and tokenizer from any supported source, and apply the training method.
+
+Sources: ``hf://org/name@revision`` (HF_TOKEN from the environment), a local directory of safetensors
+(``file://``, ``pvc://``), an ``s3://`` prefix (downloaded first), each optionally with a GGUF file
+(dequantized by transformers). The model is returned *clean*: a GGUF-loaded model is flagged as
+quantized and refuses ``save_pretrained``, so it is rebuilt as a plain model around the same tensors.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import torch
+from torch import nn
+
+from kubetune.api.spec import MethodSpec, ModelSpec, QuantizationSpec
+from kubetune.api.uris import PVC_MOUNT_ROOT, local_path, parse_uri
+from kubetune_trainer.errors import ConfigError
+from kubetune_trainer.settings import Precision
+
+log = logging.getLogger(__name__)
+
+DTYPES: dict[str, torch.dtype] = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+PRECISION_DTYPES: dict[Precision, torch.dtype] = {
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "fp32": torch.float32,
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSource:
+    """Arguments for ``from_pretrained``: a local directory or a Hub repository id."""
+
+    name_or_path: str
+    revision: str | None
+    gguf_file: str | None
+    trust_remote_code: bool
+    # The URI as the user wrote it, for the manifest.
+    uri: str
+
+    def pretrained_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}
+        if self.revision is not None:
+            kwargs["revision"] = self.revision
+        if self.gguf_file is not None:
+            kwargs["gguf_file"] = self.gguf_file
+        token = os.environ.get("HF_TOKEN")
+        if token:
+            kwargs["token"] = token
+        return kwargs
+
+
+def resolve_model_source(spec: ModelSpec, *, pvc_root: PurePosixPath = PVC_MOUNT_ROOT, cache_dir: Path) -> ModelSource:
+    """Check the source exists (local) or fetch it (s3://); raise ConfigError naming the field."""
+    uri = parse_uri(spec.source)
+    if uri.scheme == "hf":
+        name = uri.authority
+    elif uri.scheme == "s3":
+        name = str(_download_s3_prefix(f"{uri.authority}/{uri.path}", into=cache_dir / "model"))
+    else:
+        path = local_path(uri, pvc_root=pvc_root)
+        assert path is not None
+        local = Path(str(path))
+        if not local.is_dir():
+            raise ConfigError(f"model.source: {spec.source} is not a directory ({local} does not exist)")
+        name = str(local)
+    if spec.gguf_file is not None and uri.scheme != "hf" and not (Path(name) / spec.gguf_file).is_file():
+        raise ConfigError(f"model.ggufFile: {spec.gguf_file} not found in {spec.source}")
+    return ModelSource(
+        name_or_path=name,
+        revision=uri.revision,
+        gguf_file=spec.gguf_file,
+        trust_remote_code=spec.trust_remote_code,
+        uri=spec.source,
+    )
+
+
+def _download_s3_prefix(path: str, *, into: Path) -> Path:
+    import fsspec
+
+    try:
+        fs = fsspec.filesystem("s3")
+    except ImportError as err:
+        raise ConfigError(f"model.source: s3:// needs s3fs, which this environment lacks ({err})") from None
+    if not into.exists():
+        fs.get(path, str(into), recursive=True)
+    return into
+
+
+def load_tokenizer(source: ModelSource) -> Any:
+    """The tokenizer from the same source; pad falls back to EOS (masks go by position, not token id)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.name_or_path, **source.pretrained_kwargs())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model.source: cannot load a tokenizer from {source.uri}: {err}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def weight_dtype(spec: ModelSpec, *, precision: Precision) -> torch.dtype:
+    """``model.dtype`` auto follows the resolved precision (bf16 on capable GPUs, fp32 on the CPU)."""
+    if spec.dtype == "auto":
+        return PRECISION_DTYPES[precision]
+    return DTYPES[spec.dtype]
+
+
+def load_model(
+    source: ModelSource,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    quantization: QuantizationSpec | None,
+    compute_dtype: torch.dtype,
+    cache_dir: Path,
+) -> Any:
+    """The base causal LM on ``device``: plain, or 4-bit (``quantization`` set, QLoRA)."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = source.pretrained_kwargs()
+    if quantization is not None:
+        from transformers import BitsAndBytesConfig
+
+        if source.gguf_file is not None:
+            # bitsandbytes cannot quantize while transformers dequantizes GGUF: write a plain copy first.
+            source = _plain_copy(source, dtype=dtype, cache_dir=cache_dir)
+            kwargs = source.pretrained_kwargs()
+        kwargs["quantization_config"] = BitsAndBytesConfig(  # type: ignore[no-untyped-call]
+            load_in_4bit=True,
+            bnb_4bit_quant_type=quantization.quant_type,
+            bnb_4bit_use_double_quant=quantization.double_quant,
+            bnb_4bit_compute_dtype=compute_dtype,
+            bnb_4bit_quant_storage=dtype,
+        )
+        kwargs["device_map"] = {"": device}
+    try:
+        model: Any = AutoModelForCausalLM.from_pretrained(source.name_or_path, dtype=dtype, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model.source: cannot load a causal LM from {source.uri}: {err}") from None
+    if source.gguf_file is not None:
+        model = rebuild_plain(model)
+    if quantization is None:
+        model.to(device)
+    model.config.use_cache = False
+    return model
+
+
+def rebuild_plain(model: Any) -> Any:
+    """The same weights in a fresh model that is not flagged as quantized (no copy: tensors are reused)."""
+    from transformers import AutoModelForCausalLM
+
+    config_dict = model.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config = type(model.config).from_dict(config_dict)
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config, dtype=model.dtype)  # type: ignore[no-untyped-call]
+    plain.load_state_dict(model.state_dict(), assign=True, strict=True)
+    plain.tie_weights()
+    plain.generation_config = model.generation_config
+    return plain
+
+
+def _plain_copy(source: ModelSource, *, dtype: torch.dtype, cache_dir: Path) -> ModelSource:
+    """Write the GGUF model as plain safetensors once (cached by file name) and point at that copy."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert source.gguf_file is not None
+    target = cache_dir / "plain" / source.gguf_file.removesuffix(".gguf")
+    if not (target / "config.json").is_file():
+        log.info("writing a plain safetensors copy of %s for 4-bit quantization", source.gguf_file)
+        kwargs = source.pretrained_kwargs()
+        model = rebuild_plain(AutoModelForCausalLM.from_pretrained(source.name_or_path, dtype=dtype, **kwargs))
+        tmp = target.with_name(f".tmp-{target.name}")
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(source.name_or_path, **kwargs).save_pretrained(tmp)
+        tmp.rename(target)
+    return ModelSource(
+        name_or_path=str(target),
+        revision=None,
+        gguf_file=None,
+        trust_remote_code=source.trust_remote_code,
+        uri=source.uri,
+    )
+
+
+def apply_method(model: Any, *, method: MethodSpec, gradient_checkpointing: bool) -> Any:
+    """Wrap the base model for the method: a PEFT LoRA/DoRA model, or the model itself for full."""
+    if method.type == "full":
+        model.requires_grad_(True)
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if method.type == "qlora":
+        model = prepare_model_for_kbit_training(  # type: ignore[no-untyped-call]
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    targets: str | list[str] = "all-linear" if method.target_modules == ["all-linear"] else method.target_modules
+    config = LoraConfig(
+        r=method.rank,
+        lora_alpha=method.alpha,
+        lora_dropout=method.dropout,
+        target_modules=targets,
+        use_dora=method.type == "dora",
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as err:
+        raise ConfigError(f"method.targetModules: {err}") from None
+
+
+def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights the optimizer updates (adapters, or every weight for full fine-tuning)."""
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; 4-bit weights count as their unpacked size."""
+    trainable = total = 0
+    for param in model.parameters():
+        n = param.numel()
+        if param.__class__.__name__ == "Params4bit":
+            n *= 2
+        total += n
+        if param.requires_grad:
+            trainable += n
+    return trainable, total
+
+
+def build_merged_model(source: ModelSource, *, adapter_dir: Path, dtype: torch.dtype) -> Any:
+    """Base model (16-bit, never quantized) with the saved adapter merged in, on the CPU."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(source.name_or_path, dtype=dtype, **source.pretrained_kwargs())
+    if source.gguf_file is not None:
+        base = rebuild_plain(base)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.config.use_cache = True
+    return merged

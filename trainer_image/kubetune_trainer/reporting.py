@@ -1,0 +1,72 @@
+"""Where progress events go: a small :class:`Reporter` protocol and a JSON-lines implementation.
+
+Only rank 0 reports (the loop hands other ranks a :class:`NullReporter`), so a consumer sees one stream
+per run however many processes train.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Protocol, TextIO
+
+from kubetune.api.progress import EVENT_LINE_PREFIX, ProgressEvent, event_to_json
+
+
+class Reporter(Protocol):
+    def emit(self, event: ProgressEvent) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class NullReporter:
+    def emit(self, event: ProgressEvent) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class JsonLinesReporter:
+    """Writes each event as one JSON line to a stream (prefixed, to stand out in logs) and/or a file.
+
+    The file is appended to and flushed + fsynced per event: after a restart it holds the whole history,
+    and a reader tailing it never sees half a line from a killed process... except the last one, which
+    :func:`kubetune.api.progress.parse_event` rejects and a reader should skip.
+    """
+
+    def __init__(self, *, stream: TextIO | None = sys.stdout, path: Path | None = None) -> None:
+        self._stream = stream
+        self._file: TextIO | None = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = path.open("a", encoding="utf-8")
+
+    def emit(self, event: ProgressEvent) -> None:
+        line = event_to_json(event)
+        if self._stream is not None:
+            self._stream.write(EVENT_LINE_PREFIX + line + "\n")
+            self._stream.flush()
+        if self._file is not None:
+            self._file.write(line + "\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class RecordingReporter:
+    """Keeps events in memory (tests, the benchmark)."""
+
+    def __init__(self) -> None:
+        self.events: list[ProgressEvent] = []
+
+    def emit(self, event: ProgressEvent) -> None:
+        self.events.append(event)
+
+    def close(self) -> None:
+        return None
