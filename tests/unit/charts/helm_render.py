@@ -34,7 +34,8 @@ def find_helm() -> Path | None:
     if os.environ.get("HELM"):
         return Path(os.environ["HELM"])
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    cached = Path(os.environ.get("KUBETUNE_CACHE", cache / "kubetune")) / "helm" / pinned_helm_version() / "helm"
+    root = Path(os.environ.get("KUBETUNE_CACHE_DIR", cache / "kubetune"))
+    cached = root / "helm" / pinned_helm_version() / "helm"
     if cached.is_file():
         return cached
     on_path = shutil.which("helm")
