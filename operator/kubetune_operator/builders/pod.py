@@ -26,6 +26,9 @@ GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 CONFIG_VOLUME = "trainer-config"
 SHM_VOLUME = "dshm"
+CACHE_VOLUME = "cache"
+# Downloads (hf://, s3://) and GGUF conversions; the trainer reads the path from KUBETUNE_CACHE_DIR.
+CACHE_DIR = "/var/cache/kubetune"
 
 
 def master_addr(*, ftj: FineTuneJob) -> str:
@@ -66,6 +69,8 @@ def _env(*, ftj: FineTuneJob, settings: OperatorSettings) -> list[dict[str, Any]
         },
         {"name": "MASTER_ADDR", "value": master_addr(ftj=ftj)},
         {"name": "MASTER_PORT", "value": str(settings.master_port)},
+        {"name": "KUBETUNE_CACHE_DIR", "value": CACHE_DIR},
+        {"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"},
     ]
     credentials = spec.credentials
     if credentials.hugging_face_token is not None:
@@ -106,9 +111,14 @@ def claim_mounts(*, spec: FineTuneJobSpec) -> list[ClaimMount]:
 
 def _volumes_and_mounts(*, ftj: FineTuneJob) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     volumes: list[dict[str, Any]] = [
-        {"name": CONFIG_VOLUME, "configMap": {"name": child_names(name=ftj.metadata.name).config_map}}
+        {"name": CONFIG_VOLUME, "configMap": {"name": child_names(name=ftj.metadata.name).config_map}},
+        # The node's ephemeral storage rather than the container's writable layer.
+        {"name": CACHE_VOLUME, "emptyDir": {}},
     ]
-    mounts: list[dict[str, Any]] = [{"name": CONFIG_VOLUME, "mountPath": CONFIG_MOUNT_PATH, "readOnly": True}]
+    mounts: list[dict[str, Any]] = [
+        {"name": CONFIG_VOLUME, "mountPath": CONFIG_MOUNT_PATH, "readOnly": True},
+        {"name": CACHE_VOLUME, "mountPath": CACHE_DIR},
+    ]
     for index, mount in enumerate(claim_mounts(spec=ftj.spec)):
         # Claim names can exceed a volume name's 63 characters; the index keeps volume names short and unique.
         volume = f"pvc-{index}"

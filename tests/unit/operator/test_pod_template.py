@@ -176,10 +176,20 @@ def test_a_claim_both_read_and_written_is_mounted_read_write(make_ftj: MakeFtj) 
 
 def test_shared_memory_is_a_memory_backed_empty_dir_at_dev_shm(make_ftj: MakeFtj) -> None:
     job = job_for(make_ftj, resources={"sharedMemory": "16Gi"})
-    (shm,) = [v for v in pod_spec(job)["volumes"] if "emptyDir" in v]
+    (shm,) = [v for v in pod_spec(job)["volumes"] if v.get("emptyDir", {}).get("medium") == "Memory"]
     assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
     assert {"name": shm["name"], "mountPath": "/dev/shm"} in trainer(job)["volumeMounts"]
-    assert not [v for v in pod_spec(job_for(make_ftj))["volumes"] if "emptyDir" in v]
+    default_mounts = [m["mountPath"] for m in trainer(job_for(make_ftj))["volumeMounts"]]
+    assert "/dev/shm" not in default_mounts
+
+
+def test_downloads_go_to_a_cache_volume_the_trainer_finds_through_its_env(make_ftj: MakeFtj) -> None:
+    job = job_for(make_ftj)
+    cache_dir = env_of(job)["KUBETUNE_CACHE_DIR"]["value"]
+    (mount,) = [m for m in trainer(job)["volumeMounts"] if m["mountPath"] == cache_dir]
+    (volume,) = [v for v in pod_spec(job)["volumes"] if v["name"] == mount["name"]]
+    assert volume["emptyDir"] == {}
+    assert env_of(job)["HF_HOME"]["value"].startswith(cache_dir)
 
 
 def test_qlora_job_uses_the_operator_default_image_unless_the_spec_names_one(make_ftj: MakeFtj) -> None:
