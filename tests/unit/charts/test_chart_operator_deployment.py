@@ -8,10 +8,6 @@ import pytest
 from helm_render import Manifest, Render, one
 from kubetune_operator.settings import ENV_PREFIX, OperatorSettings
 
-# Settings the chart passes although the operator does not read them yet. Each is a request to the operator
-# (see docs/install.md); when the operator adds the field, the test below fails until it leaves this set.
-NOT_YET_OPERATOR_SETTINGS = {"KUBETUNE_LOG_LEVEL", "KUBETUNE_PEERING_NAME"}
-
 
 def pod_spec(manifests: list[Manifest]) -> dict[str, Any]:
     spec: dict[str, Any] = one(manifests, "Deployment")["spec"]["template"]["spec"]
@@ -63,10 +59,7 @@ def test_every_chart_variable_is_an_operator_setting_and_every_setting_is_set(
     with_peering = env(render({"operator": {"peering": {"enabled": True}}}))
     rendered = {name for name in with_peering if name.startswith(ENV_PREFIX)}
     assert fields - rendered == set(), "operator settings the chart cannot set"
-    assert rendered - fields - NOT_YET_OPERATOR_SETTINGS == set(), "chart variables the operator does not read"
-    assert NOT_YET_OPERATOR_SETTINGS & fields == set(), (
-        "the operator reads these now: remove them from NOT_YET_OPERATOR_SETTINGS and docs/install.md"
-    )
+    assert rendered - fields == set(), "chart variables the operator does not read"
 
 
 def test_default_environment_is_valid_operator_settings(default_manifests: list[Manifest]) -> None:
@@ -77,11 +70,20 @@ def test_default_environment_is_valid_operator_settings(default_manifests: list[
     assert settings.health_port == 8081
     # The kwok test hook is not a production default.
     assert settings.pod_annotation_prefixes == ()
+    assert settings.log_level == "info"
+    # One replica, no peering: kopf runs standalone.
+    assert settings.peering_name is None
 
 
 def test_values_reach_the_operator_settings(render: Render) -> None:
     values = {
-        "operator": {"watchNamespaces": ["team-a", "team-b"], "maxWorkers": 4, "pendingTimeoutSeconds": 1800},
+        "operator": {
+            "watchNamespaces": ["team-a", "team-b"],
+            "logLevel": "debug",
+            "maxWorkers": 4,
+            "pendingTimeoutSeconds": 1800,
+            "peering": {"enabled": True, "name": "kubetune-ha"},
+        },
         "trainer": {
             "image": {"registry": "registry.example", "repository": "ml/trainer", "tag": "1.2.3"},
             "imagePullPolicy": "Always",
@@ -94,6 +96,8 @@ def test_values_reach_the_operator_settings(render: Render) -> None:
     }
     settings = OperatorSettings.from_env(environ=env(render(values)))
     assert settings.namespaces == ("team-a", "team-b")
+    assert settings.log_level == "debug"
+    assert settings.peering_name == "kubetune-ha"
     assert settings.max_workers == 4
     assert settings.pending_timeout_seconds == 1800
     assert settings.trainer_image == "registry.example/ml/trainer:1.2.3"
