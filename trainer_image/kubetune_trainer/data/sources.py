@@ -87,7 +87,8 @@ def resolve_data_files(
         if found is None:
             raise LookupError(f"unsupported file type; expected one of {_suffix_list()} (optionally .gz)")
         return Resolved(files=[_data_file(fs, root, raw_uri, found)], skipped=[])
-    base = root.rstrip("/")
+    # Compare listings against the filesystem's own spelling of the root (memory:// adds a leading "/").
+    base = str(fs._strip_protocol(root)).rstrip("/")
     if fs.isdir(base):
         paths = [p for p in fs.find(base) if _visible(p, under=base)]
     else:  # a prefix of file names, e.g. s3://bucket/data/train- for train-00000.jsonl ...
