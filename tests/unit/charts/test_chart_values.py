@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -107,6 +108,18 @@ def test_more_than_one_replica_without_peering_is_refused(render_result: Run) ->
     result = render_result({"replicaCount": 2})
     assert result.returncode != 0
     assert "replicaCount > 1 needs operator.peering.enabled=true" in result.stderr
+
+
+def test_chart_works_as_a_dependency_of_a_chart_with_global_values(helm: Path, tmp_path: Path) -> None:
+    parent = tmp_path / "parent"
+    shutil.copytree(CHART, parent / "charts" / "kubetune")
+    (parent / "Chart.yaml").write_text("apiVersion: v2\nname: platform\nversion: 1.0.0\n")
+    (parent / "values.yaml").write_text("global:\n  imageRegistry: mirror.example\n")
+    result = run_helm(
+        helm, "template", "platform", str(parent), "--kube-version", KUBE_VERSION, values=None, tmp_dir=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert "kind: Deployment" in result.stdout
 
 
 def test_values_yaml_sets_every_key_the_schema_defines() -> None:
