@@ -150,15 +150,41 @@ def ensure_child(kube: Kube, *, manifest: Mapping[str, Any]) -> tuple[Obj, bool]
     if existing is None:  # deleted between our POST and GET: the next reconcile creates it
         raise ApiError(status=409, reason="Conflict", message=f"{manifest['kind']} {meta['name']} is being deleted")
     controller = _controller_uid(existing)
-    if controller == owner["uid"]:
-        return existing, False
     labels = (existing.get("metadata") or {}).get("labels") or {}
-    if controller is None and labels.get(FINETUNEJOB_LABEL) == owner["name"]:
-        patch = {"metadata": {"ownerReferences": [owner], "resourceVersion": existing["metadata"]["resourceVersion"]}}
+    if controller == owner["uid"] or (controller is None and labels.get(FINETUNEJOB_LABEL) == owner["name"]):
+        patch = _repair_patch(existing=existing, manifest=manifest)
+        if patch is None:
+            return existing, False
         return kube.request("PATCH", _path_of(manifest), body=patch, content_type=MERGE_PATCH), False
+    if labels.get(FINETUNEJOB_LABEL) == owner["name"]:
+        # A deleted FineTuneJob of the same name whose children the garbage collector has not removed yet.
+        raise ApiError(
+            status=409,
+            reason="Conflict",
+            message=f"{manifest['kind']} {meta['name']} still belongs to an earlier FineTuneJob of this name",
+        )
     raise ChildConflictError(
         f"{manifest['kind']} {meta['namespace']}/{meta['name']} already exists and is not owned by this FineTuneJob"
     )
+
+
+def _repair_patch(*, existing: Mapping[str, Any], manifest: Mapping[str, Any]) -> Obj | None:
+    """What makes an existing child ours again: the owner reference, and a ConfigMap's data.
+
+    A Job's template is immutable and a Service's spec holds allocated fields, so only these are repaired;
+    a ConfigMap can differ when a crash interrupted a hand-made or older operator's version.
+    """
+    patch: Obj = {}
+    owner = manifest["metadata"]["ownerReferences"][0]
+    if _controller_uid(existing) != owner["uid"]:
+        patch["metadata"] = {"ownerReferences": [owner]}
+    if "data" in manifest and (existing.get("data") or {}) != manifest["data"]:
+        stale = {key: None for key in existing.get("data") or {} if key not in manifest["data"]}
+        patch["data"] = stale | dict(manifest["data"])
+    if not patch:
+        return None
+    patch.setdefault("metadata", {})["resourceVersion"] = existing["metadata"]["resourceVersion"]
+    return patch
 
 
 def read_job(kube: Kube, *, namespace: str, name: str) -> Obj | None:

@@ -29,9 +29,15 @@ def wait_for(fetch: Callable[[], T], ready: Callable[[T], bool], *, what: str, t
     return value
 
 
-def job_manifest(name: str, *, gpus: int = 0, annotations: dict[str, str] | None = None,
-                 backoff_limit: int = 0, parallelism: int = 1,
-                 pod_failure_policy: dict[str, Any] | None = None) -> dict[str, Any]:
+def job_manifest(
+    name: str,
+    *,
+    gpus: int = 0,
+    annotations: dict[str, str] | None = None,
+    backoff_limit: int = 0,
+    parallelism: int = 1,
+    pod_failure_policy: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     resources = {"limits": {"nvidia.com/gpu": str(gpus)}} if gpus else {"requests": {"cpu": "100m"}}
     spec: dict[str, Any] = {
         "backoffLimit": backoff_limit,
@@ -41,8 +47,7 @@ def job_manifest(name: str, *, gpus: int = 0, annotations: dict[str, str] | None
             "metadata": {"annotations": annotations or {}},
             "spec": {
                 "restartPolicy": "Never",
-                "containers": [{"name": "trainer", "image": "kubetune/fake-trainer:test",
-                                "resources": resources}],
+                "containers": [{"name": "trainer", "image": "kubetune/fake-trainer:test", "resources": resources}],
             },
         },
     }
@@ -73,13 +78,19 @@ def test_job_requesting_8_gpus_runs_on_an_h100_node_and_completes(api: Any, name
     core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
     batch.create_namespaced_job(namespace, job_manifest("h100", gpus=8, annotations={RUN_FOR: "3s"}))
 
-    running = wait_for(lambda: job_pods(core, namespace, "h100"),
-                       lambda pods: len(pods) == 1 and pods[0].status.phase == "Running", what="a running pod")
+    running = wait_for(
+        lambda: job_pods(core, namespace, "h100"),
+        lambda pods: len(pods) == 1 and pods[0].status.phase == "Running",
+        what="a running pod",
+    )
     node = core.read_node(running[0].spec.node_name)
     assert node.metadata.labels[GPU_PRODUCT_LABEL] == "NVIDIA-H100-80GB-HBM3"
 
-    job = wait_for(lambda: batch.read_namespaced_job("h100", namespace),
-                   lambda job: job_condition(job, "Complete"), what="Job Complete")
+    job = wait_for(
+        lambda: batch.read_namespaced_job("h100", namespace),
+        lambda job: job_condition(job, "Complete"),
+        what="Job Complete",
+    )
     assert job.status.succeeded == 1
     pod = job_pods(core, namespace, "h100")[0]
     assert pod.status.phase == "Succeeded"
@@ -91,8 +102,11 @@ def test_pod_without_annotations_runs_about_two_seconds_then_exits_zero(api: Any
     core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
     batch.create_namespaced_job(namespace, job_manifest("default"))
 
-    wait_for(lambda: batch.read_namespaced_job("default", namespace),
-             lambda job: job_condition(job, "Complete"), what="Job Complete")
+    wait_for(
+        lambda: batch.read_namespaced_job("default", namespace),
+        lambda job: job_condition(job, "Complete"),
+        what="Job Complete",
+    )
     state = terminated(job_pods(core, namespace, "default")[0])
     assert state.exit_code == 0
     assert 1 <= (state.finished_at - state.started_at).total_seconds() <= 10
@@ -100,11 +114,16 @@ def test_pod_without_annotations_runs_about_two_seconds_then_exits_zero(api: Any
 
 def test_exit_code_annotation_fails_pods_and_the_job_after_its_backoff_limit(api: Any, namespace: str) -> None:
     core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
-    batch.create_namespaced_job(namespace, job_manifest(
-        "exit3", gpus=1, annotations={EXIT_CODE: "3", RUN_FOR: "1s"}, backoff_limit=1))
+    batch.create_namespaced_job(
+        namespace, job_manifest("exit3", gpus=1, annotations={EXIT_CODE: "3", RUN_FOR: "1s"}, backoff_limit=1)
+    )
 
-    job = wait_for(lambda: batch.read_namespaced_job("exit3", namespace),
-                   lambda job: job_condition(job, "Failed"), what="Job Failed", timeout=90)
+    job = wait_for(
+        lambda: batch.read_namespaced_job("exit3", namespace),
+        lambda job: job_condition(job, "Failed"),
+        what="Job Failed",
+        timeout=90,
+    )
     failed = next(c for c in job.status.conditions if c.type == "Failed")
     assert failed.reason == "BackoffLimitExceeded"
     assert job.status.failed == 2  # the first try and one retry (backoffLimit 1)
@@ -118,11 +137,11 @@ def test_exit_code_annotation_fails_pods_and_the_job_after_its_backoff_limit(api
 
 def test_oomkilled_reason_terminates_the_container_with_exit_code_137(api: Any, namespace: str) -> None:
     core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
-    batch.create_namespaced_job(namespace, job_manifest("oom", annotations={REASON: "OOMKilled",
-                                                                             RUN_FOR: "1s"}))
+    batch.create_namespaced_job(namespace, job_manifest("oom", annotations={REASON: "OOMKilled", RUN_FOR: "1s"}))
 
-    wait_for(lambda: batch.read_namespaced_job("oom", namespace),
-             lambda job: job_condition(job, "Failed"), what="Job Failed")
+    wait_for(
+        lambda: batch.read_namespaced_job("oom", namespace), lambda job: job_condition(job, "Failed"), what="Job Failed"
+    )
     pod = job_pods(core, namespace, "oom")[0]
     assert pod.status.phase == "Failed"
     assert terminated(pod).reason == "OOMKilled"
@@ -130,13 +149,17 @@ def test_oomkilled_reason_terminates_the_container_with_exit_code_137(api: Any, 
 
 
 def test_preempted_pod_gets_disruption_target_and_is_ignored_by_the_pod_failure_policy(
-        api: Any, namespace: str) -> None:
+    api: Any, namespace: str
+) -> None:
     core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
     ignore_disruptions = {"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]}
-    batch.create_namespaced_job(namespace, job_manifest(
-        "preempt", gpus=8, annotations={PREEMPT_AFTER: "2s"}, pod_failure_policy=ignore_disruptions))
-    first = wait_for(lambda: job_pods(core, namespace, "preempt"), lambda pods: len(pods) == 1,
-                     what="the first pod")[0].metadata.name
+    batch.create_namespaced_job(
+        namespace,
+        job_manifest("preempt", gpus=8, annotations={PREEMPT_AFTER: "2s"}, pod_failure_policy=ignore_disruptions),
+    )
+    first = wait_for(lambda: job_pods(core, namespace, "preempt"), lambda pods: len(pods) == 1, what="the first pod")[
+        0
+    ].metadata.name
 
     def replaced(pods: list[Any]) -> bool:
         return bool(pods) and first not in {pod.metadata.name for pod in pods}
@@ -145,44 +168,55 @@ def test_preempted_pod_gets_disruption_target_and_is_ignored_by_the_pod_failure_
     job = batch.read_namespaced_job("preempt", namespace)
     assert not job_condition(job, "Failed")  # backoffLimit 0, yet the disruption did not count
     assert not job.status.failed
-    reasons = {event.reason for event in core.list_namespaced_event(
-        namespace, field_selector=f"involvedObject.name={first}").items}
+    reasons = {
+        event.reason
+        for event in core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={first}").items
+    }
     assert "Preempted" in reasons
 
 
 def test_pod_asking_16_gpus_stays_pending_and_unschedulable(api: Any, namespace: str) -> None:
     core = client.CoreV1Api(api)
-    core.create_namespaced_pod(namespace, {
-        "metadata": {"name": "too-big"},
-        "spec": {"containers": [{"name": "main", "image": "kubetune/fake:test",
-                                 "resources": {"limits": {"nvidia.com/gpu": "16"}}}]},
-    })
+    core.create_namespaced_pod(
+        namespace,
+        {
+            "metadata": {"name": "too-big"},
+            "spec": {
+                "containers": [
+                    {"name": "main", "image": "kubetune/fake:test", "resources": {"limits": {"nvidia.com/gpu": "16"}}}
+                ]
+            },
+        },
+    )
 
     def unschedulable(pod: Any) -> bool:
-        return any(c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable"
-                   for c in pod.status.conditions or [])
+        return any(
+            c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable"
+            for c in pod.status.conditions or []
+        )
 
-    pod = wait_for(lambda: core.read_namespaced_pod("too-big", namespace), unschedulable,
-                   what="PodScheduled=False/Unschedulable")
+    pod = wait_for(
+        lambda: core.read_namespaced_pod("too-big", namespace), unschedulable, what="PodScheduled=False/Unschedulable"
+    )
     assert pod.status.phase == "Pending"
     assert "nvidia.com/gpu" in next(c.message for c in pod.status.conditions if c.type == "PodScheduled")
 
 
 def test_deleting_a_job_garbage_collects_its_pods(api: Any, namespace: str) -> None:
     core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
-    batch.create_namespaced_job(namespace, job_manifest("gc", gpus=1, parallelism=2,
-                                                        annotations={RUN_FOR: "1h"}))
-    wait_for(lambda: job_pods(core, namespace, "gc"),
-             lambda pods: len(pods) == 2 and all(p.status.phase == "Running" for p in pods),
-             what="two running pods")
+    batch.create_namespaced_job(namespace, job_manifest("gc", gpus=1, parallelism=2, annotations={RUN_FOR: "1h"}))
+    wait_for(
+        lambda: job_pods(core, namespace, "gc"),
+        lambda pods: len(pods) == 2 and all(p.status.phase == "Running" for p in pods),
+        what="two running pods",
+    )
 
     batch.delete_namespaced_job("gc", namespace, propagation_policy="Background")
 
     wait_for(lambda: job_pods(core, namespace, "gc"), lambda pods: not pods, what="pods garbage-collected")
 
 
-def test_service_account_is_forbidden_until_a_role_grants_access(
-        cluster: Cluster, api: Any, namespace: str) -> None:
+def test_service_account_is_forbidden_until_a_role_grants_access(cluster: Cluster, api: Any, namespace: str) -> None:
     core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
     core.create_namespaced_service_account(namespace, {"metadata": {"name": "reader"}})
     with cluster.sa_api_client(namespace, "reader") as reader_api:
@@ -191,15 +225,21 @@ def test_service_account_is_forbidden_until_a_role_grants_access(
             reader.list_namespaced_pod(namespace)
         assert forbidden.value.status == 403
 
-        rbac.create_namespaced_role(namespace, {
-            "metadata": {"name": "pod-reader"},
-            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}],
-        })
-        rbac.create_namespaced_role_binding(namespace, {
-            "metadata": {"name": "reader-reads-pods"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-reader"},
-            "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": namespace}],
-        })
+        rbac.create_namespaced_role(
+            namespace,
+            {
+                "metadata": {"name": "pod-reader"},
+                "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}],
+            },
+        )
+        rbac.create_namespaced_role_binding(
+            namespace,
+            {
+                "metadata": {"name": "reader-reads-pods"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-reader"},
+                "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": namespace}],
+            },
+        )
 
         def allowed() -> bool:
             try:
@@ -217,33 +257,56 @@ def test_crd_cel_validation_rejects_a_bad_object_with_the_rules_message(api: Any
     extensions, custom = client.ApiextensionsV1Api(api), client.CustomObjectsApi(api)
     group = f"g{uuid.uuid4().hex[:8]}.kubetune.test"
     message = "minReplicas must not exceed maxReplicas"
-    extensions.create_custom_resource_definition({
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"widgets.{group}"},
-        "spec": {
-            "group": group,
-            "scope": "Namespaced",
-            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
-            "versions": [{
-                "name": "v1", "served": True, "storage": True,
-                "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": {
-                    "type": "object",
-                    "properties": {"minReplicas": {"type": "integer"}, "maxReplicas": {"type": "integer"}},
-                    "x-kubernetes-validations": [{"rule": "self.minReplicas <= self.maxReplicas",
-                                                  "message": message}],
-                }}}},
-            }],
-        },
-    })
+    extensions.create_custom_resource_definition(
+        {
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": f"widgets.{group}"},
+            "spec": {
+                "group": group,
+                "scope": "Namespaced",
+                "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+                "versions": [
+                    {
+                        "name": "v1",
+                        "served": True,
+                        "storage": True,
+                        "schema": {
+                            "openAPIV3Schema": {
+                                "type": "object",
+                                "properties": {
+                                    "spec": {
+                                        "type": "object",
+                                        "properties": {
+                                            "minReplicas": {"type": "integer"},
+                                            "maxReplicas": {"type": "integer"},
+                                        },
+                                        "x-kubernetes-validations": [
+                                            {"rule": "self.minReplicas <= self.maxReplicas", "message": message}
+                                        ],
+                                    }
+                                },
+                            }
+                        },
+                    }
+                ],
+            },
+        }
+    )
     try:
-        wait_for(lambda: extensions.read_custom_resource_definition(f"widgets.{group}"),
-                 lambda crd: any(c.type == "Established" and c.status == "True"
-                                 for c in crd.status.conditions or []), what="CRD Established")
+        wait_for(
+            lambda: extensions.read_custom_resource_definition(f"widgets.{group}"),
+            lambda crd: any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or []),
+            what="CRD Established",
+        )
 
         def widget(name: str, low: int, high: int) -> dict[str, Any]:
-            return {"apiVersion": f"{group}/v1", "kind": "Widget", "metadata": {"name": name},
-                    "spec": {"minReplicas": low, "maxReplicas": high}}
+            return {
+                "apiVersion": f"{group}/v1",
+                "kind": "Widget",
+                "metadata": {"name": name},
+                "spec": {"minReplicas": low, "maxReplicas": high},
+            }
 
         def create(body: dict[str, Any]) -> Any:
             return custom.create_namespaced_custom_object(group, "v1", namespace, "widgets", body)

@@ -57,5 +57,7 @@ def test_restarted_operator_adopts_partial_children_and_creates_no_duplicates(
         (child,) = ftjs.children(plural, "resilient")
         (ref,) = child["metadata"]["ownerReferences"]
         assert ref["uid"] == created["metadata"]["uid"] and ref["controller"] is True
+    (config_map,) = ftjs.children("configmaps", "resilient")
+    assert "trainer-config.yaml" in config_map["data"], "the operator repairs a ConfigMap left incomplete"
     assert len(ftjs.children("pods", "resilient")) == 1
     assert ftjs.event_reasons("resilient").count("JobCreated") == 1
