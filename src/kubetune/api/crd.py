@@ -102,6 +102,9 @@ def _convert(node: Schema, defs: dict[str, Schema], *, path: str) -> Schema:
     for key, value in node.items():
         if key in _KEPT_KEYWORDS:
             out[key] = value
+    if out.get("default", 0) is None:
+        # An omitted optional field is simply absent; a null default would not validate.
+        del out["default"]
     if "exclusiveMinimum" in node:
         out["minimum"] = node["exclusiveMinimum"]
         out["exclusiveMinimum"] = True

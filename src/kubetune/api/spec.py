@@ -222,7 +222,7 @@ class MethodSpec(ApiModel):
     alpha: int = Field(default=32, ge=1, le=4096, description="Adapter scaling alpha; the update is alpha/r.")
     dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the adapter input.")
     target_modules: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
-        default_factory=lambda: ["all-linear"],
+        default=["all-linear"],  # pydantic copies mutable defaults per instance
         min_length=1,
         max_length=64,
         description="Module names to adapt, or all-linear for every linear layer but the output head.",
