@@ -74,6 +74,11 @@ def tokenize_examples(
             labels = list(ids)
         else:
             ids, labels = chat_ids[index]
+            if all(label == IGNORE_INDEX for label in labels):
+                message = "no token carries a label: the chat template renders no assistant text"
+                issues.append(DataIssue(example.source, "", message))
+                results.append(None)
+                continue
         if not ids or ids[-1] != eos_id or labels[-1] == IGNORE_INDEX:
             ids.append(eos_id)
             labels.append(eos_id)
@@ -107,8 +112,8 @@ def _fit(
                 f"too long: the prompt alone fills maxSeqLength={max_seq_length} tokens, so truncation "
                 "would leave no trained token"
             )
-        else:
-            message = "no token carries a label: the assistant turns render to nothing"
+        else:  # a one-token text: only EOS, which nothing precedes
+            message = "too short: nothing to predict"
         return None, DataIssue(source, "maxSeqLength" if was_truncated else "", message), False
     return TokenizedExample(input_ids=ids, labels=labels), None, was_truncated
 

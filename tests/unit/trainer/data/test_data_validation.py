@@ -47,14 +47,10 @@ BAD_DATA = [
     case("invalid-json", "messages", '{"messages": [', "", r"invalid JSON"),
     case("not-an-object", "messages", "[1, 2]", "", r"expected a JSON object, got an array"),
     case("missing-messages-key", "messages", {"msgs": [USER, ASSISTANT]}, "messages", r"missing key 'messages'"),
-    case(
-        "messages-not-a-list", "messages", {"messages": "Hi"}, "messages", r"array of messages, got a string"
-    ),
+    case("messages-not-a-list", "messages", {"messages": "Hi"}, "messages", r"array of messages, got a string"),
     case("empty-messages", "messages", {"messages": []}, "messages", r"expected a non-empty array"),
     case("message-not-an-object", "messages", chat("Hi", ASSISTANT), "messages[0]", r"message object, got a string"),
-    case(
-        "unknown-role", "messages", chat(ROBOT, ASSISTANT), "messages[0].role", r"role is .robot.; expected"
-    ),
+    case("unknown-role", "messages", chat(ROBOT, ASSISTANT), "messages[0].role", r"role is .robot.; expected"),
     case("missing-role", "messages", chat({"content": "Hi"}, ASSISTANT), "messages[0].role", r"role is missing"),
     case(
         "content-wrong-type",
