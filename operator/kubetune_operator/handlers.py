@@ -95,6 +95,12 @@ def register(
 
     operator_settings = settings
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # kopf's own readers of the pod's ServiceAccount or $KUBECONFIG: the same sources __main__ gives
+        # the Kubernetes client (kopf's autodetection does not recognise this client's version).
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
     def created(namespace: str | None, name: str, logger: Logger, **_: Any) -> None:
         run(namespace=namespace, name=name, trigger="create", logger=logger)

@@ -87,10 +87,9 @@ def _reconcile_once(
         except k8s.ChildConflictError as err:
             problems = [f"metadata.name: {err}"]
         else:
-            if created:
-                events.append(
-                    EventSpec(type="Normal", reason="JobCreated", message=f"created Job {job['metadata']['name']}")
-                )
+            if created:  # posted at once: a lost status-write race below retries without creating again
+                event = EventSpec(type="Normal", reason="JobCreated", message=f"created Job {job['metadata']['name']}")
+                _post_events(kube, obj=obj, events=[event], now=now, logger=logger)
             job = _sync_suspend(kube, job=job, suspend=suspend, logger=logger)
             pods = k8s.list_trainer_pods(kube, namespace=namespace, ftj_name=name, job_uid=job["metadata"]["uid"])
     desired = compute_status(
