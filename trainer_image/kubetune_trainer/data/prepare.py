@@ -8,13 +8,14 @@ record is reported with its "file:line" and field, the report is written to ``da
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from fsspec import AbstractFileSystem
-from transformers import PreTrainedTokenizerBase
 
 from kubetune.api.spec import DatasetSpec
 from kubetune.api.uris import PVC_MOUNT_ROOT
@@ -24,6 +25,7 @@ from kubetune_trainer.data.sources import RawRecord, read_file_bytes, read_recor
 from kubetune_trainer.data.split import split_examples
 from kubetune_trainer.data.tokenize import tokenize_examples
 from kubetune_trainer.data.types import (
+    DataConfigError,
     DataError,
     DataIssue,
     DataReport,
@@ -31,6 +33,11 @@ from kubetune_trainer.data.types import (
     PreparedData,
     TokenizedExample,
 )
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
 
 # Below this many training examples fine-tuning rarely generalizes; it is a warning, not an error.
 MIN_RECOMMENDED_EXAMPLES = 100
@@ -103,14 +110,37 @@ def prepare_data(
             collector.error(DataIssue(", ".join(dataset.train), "validationSplit", str(err)))
             collector.fail_if_errors("data validation failed")
 
-    train_tokens = _tokenize(train, tokenizer=tokenizer, dataset=dataset, out=collector)
-    validation_tokens = _tokenize(validation, tokenizer=tokenizer, dataset=dataset, out=collector)
+    log.info("read %d records (%d skipped) from %d files", report.records, report.skipped, len(report.files))
+    try:
+        train_tokens = _tokenize(train, tokenizer=tokenizer, dataset=dataset, out=collector)
+        validation_tokens = _tokenize(validation, tokenizer=tokenizer, dataset=dataset, out=collector)
+    except DataConfigError as err:
+        # Not the data's fault, but the report is where users look first.
+        report.status = "failed"
+        report.errors.append(DataIssue("", "tokenizer", str(err)))
+        report.error_count += 1
+        if report_dir is not None:
+            write_report(report, directory=report_dir)
+        raise
     collector.fail_if_errors("tokenization failed")
 
     report.train_examples, report.validation_examples = len(train_tokens), len(validation_tokens)
     report.train_tokens = token_stats(train_tokens)
     report.validation_tokens = token_stats(validation_tokens)
     _warn(report, train=train, validation=validation)
+    stats = report.train_tokens
+    log.info(
+        "data ready: %d train / %d validation examples; train tokens %d (%d trained), length p50 %d, p95 %d, max %d",
+        report.train_examples,
+        report.validation_examples,
+        stats.total,
+        stats.trained,
+        stats.p50,
+        stats.p95,
+        stats.max,
+    )
+    for warning in report.warnings:
+        log.warning("data: %s", warning)
     if report_dir is not None:
         write_report(report, directory=report_dir)
     return PreparedData(

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Any
 
 from kubetune_trainer.data.types import (
     IGNORE_INDEX,
@@ -24,6 +22,9 @@ from kubetune_trainer.data.types import (
     Message,
     TokenizedExample,
 )
+
+if TYPE_CHECKING:  # importing transformers takes seconds; the data layer only needs the type
+    from transformers import PreTrainedTokenizerBase
 
 # Texts per call to the (Rust, multi-threaded) fast tokenizer: large enough to amortize the call.
 TOKENIZE_CHUNK = 2048

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubetune_trainer.data import REPORT_FILE_NAME, DataError, DataReport, prepare_data
+from kubetune_trainer.data import REPORT_FILE_NAME, DataConfigError, DataError, DataReport, prepare_data
 from kubetune_trainer.data.report import write_report
+from tiny_chat_tokenizer import build_tiny_tokenizer
 
 from kubetune.api.exit_codes import ExitCode
 from kubetune.api.spec import DatasetSpec
@@ -228,3 +229,19 @@ def test_lamini_docs_auto_detects_and_skips_its_one_empty_answer(tiny_tokenizer:
     assert (report.train_examples, report.validation_examples) == (1259, 140)
     assert report.train_tokens.count == 1259 and report.train_tokens.min <= report.train_tokens.p50
     assert report.train_tokens.p50 <= report.train_tokens.p95 <= report.train_tokens.max
+
+
+def test_a_tokenizer_that_cannot_format_the_data_fails_as_config_and_still_writes_the_report(
+    write_jsonl: WriteJsonl, tmp_path: Path
+) -> None:
+    path = write_jsonl("ok.jsonl", [GOOD["messages"]])
+    with pytest.raises(DataConfigError) as caught:
+        prepare_data(
+            DatasetSpec(train=[path.as_uri()]),
+            tokenizer=build_tiny_tokenizer(chat_template=None),
+            seed=0,
+            report_dir=tmp_path,
+        )
+    assert caught.value.exit_code == ExitCode.BAD_CONFIG
+    written = json.loads((tmp_path / REPORT_FILE_NAME).read_text(encoding="utf-8"))
+    assert written["status"] == "failed" and written["errors"][0]["field"] == "tokenizer"
