@@ -68,10 +68,10 @@ import (
 )
 
 var programs = map[string]func() *cobra.Command{
-	"apiserver":          apiserver.NewAPIServerCommand,
-	"controller-manager": controllermanager.NewControllerManagerCommand,
-	"scheduler":          scheduler.NewSchedulerCommand,
-	"kubectl":            kubectl.NewDefaultKubectlCommand,
+	"apiserver":          func() *cobra.Command { return apiserver.NewAPIServerCommand() },
+	"controller-manager": func() *cobra.Command { return controllermanager.NewControllerManagerCommand() },
+	"scheduler":          func() *cobra.Command { return scheduler.NewSchedulerCommand() },
+	"kubectl":            func() *cobra.Command { return kubectl.NewDefaultKubectlCommand() },
 }
 
 func main() {
