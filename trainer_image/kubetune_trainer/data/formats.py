@@ -173,10 +173,7 @@ def parse_record(value: object, *, source: str, schema: Schema) -> Example | Rej
     return example
 
 
-_Issues = _Problems
-
-
-def _parse_messages(record: dict[str, object], cols: dict[str, str], src: str, out: _Issues) -> Example | None:
+def _parse_messages(record: dict[str, object], cols: dict[str, str], src: str, out: _Problems) -> Example | None:
     field = cols["messages"]
     raw = _present(record, field, src, out)
     if raw is None:
@@ -204,7 +201,7 @@ def _parse_messages(record: dict[str, object], cols: dict[str, str], src: str, o
     return _conversation(messages, field, src, out)
 
 
-def _parse_sharegpt(record: dict[str, object], cols: dict[str, str], src: str, out: _Issues) -> Example | None:
+def _parse_sharegpt(record: dict[str, object], cols: dict[str, str], src: str, out: _Problems) -> Example | None:
     field = cols["conversations"]
     raw = _present(record, field, src, out)
     if raw is None:
@@ -233,7 +230,9 @@ def _parse_sharegpt(record: dict[str, object], cols: dict[str, str], src: str, o
     return _conversation(messages, field, src, out)
 
 
-def _parse_prompt_completion(record: dict[str, object], cols: dict[str, str], src: str, out: _Issues) -> Example | None:
+def _parse_prompt_completion(
+    record: dict[str, object], cols: dict[str, str], src: str, out: _Problems
+) -> Example | None:
     messages = _system_message(record, cols, src, out)
     prompt = _string(record, cols["prompt"], src, out)
     completion = _string(record, cols["completion"], src, out)
@@ -243,7 +242,7 @@ def _parse_prompt_completion(record: dict[str, object], cols: dict[str, str], sr
     return Example(messages=tuple(messages), text=None, source=src)
 
 
-def _parse_alpaca(record: dict[str, object], cols: dict[str, str], src: str, out: _Issues) -> Example | None:
+def _parse_alpaca(record: dict[str, object], cols: dict[str, str], src: str, out: _Problems) -> Example | None:
     messages = _system_message(record, cols, src, out)
     instruction = _string(record, cols["instruction"], src, out)
     extra = _optional_string(record, cols.get("input"), src, out)
@@ -256,7 +255,7 @@ def _parse_alpaca(record: dict[str, object], cols: dict[str, str], src: str, out
     return Example(messages=tuple(messages), text=None, source=src)
 
 
-def _parse_text(record: dict[str, object], cols: dict[str, str], src: str, out: _Issues) -> Example | None:
+def _parse_text(record: dict[str, object], cols: dict[str, str], src: str, out: _Problems) -> Example | None:
     text = _string(record, cols["text"], src, out)
     return None if text is None else Example(messages=None, text=text, source=src)
 
@@ -270,7 +269,7 @@ _PARSERS = {
 }
 
 
-def _conversation(messages: list[Message], field: str, src: str, out: _Issues) -> Example | None:
+def _conversation(messages: list[Message], field: str, src: str, out: _Problems) -> Example | None:
     """Structural rules every chat template relies on."""
     for index, message in enumerate(messages):
         if message.role == "system" and index != 0:
@@ -285,7 +284,7 @@ def _conversation(messages: list[Message], field: str, src: str, out: _Issues) -
     return None if out else Example(messages=tuple(messages), text=None, source=src)
 
 
-def _present(record: dict[str, object], field: str, src: str, out: _Issues) -> object | None:
+def _present(record: dict[str, object], field: str, src: str, out: _Problems) -> object | None:
     if field not in record:
         keys = ", ".join(repr(k) for k in sorted(record)) or "none"
         out.append(DataIssue(src, field, f"missing key {field!r} (keys: {keys})"))
@@ -293,27 +292,27 @@ def _present(record: dict[str, object], field: str, src: str, out: _Issues) -> o
     return record[field]
 
 
-def _string(record: dict[str, object], field: str, src: str, out: _Issues) -> str | None:
+def _string(record: dict[str, object], field: str, src: str, out: _Problems) -> str | None:
     if field not in record:
         _present(record, field, src, out)
         return None
     return _content(record[field], field, src, out, present=True, allow_parts=False)
 
 
-def _optional_string(record: dict[str, object], field: str | None, src: str, out: _Issues) -> str | None:
+def _optional_string(record: dict[str, object], field: str | None, src: str, out: _Problems) -> str | None:
     """An optional column: absent, null or "" (CSV's empty cell) all mean "not given"."""
     if field is None or record.get(field) in (None, ""):
         return None
     return _content(record[field], field, src, out, present=True, allow_parts=False)
 
 
-def _system_message(record: dict[str, object], cols: dict[str, str], src: str, out: _Issues) -> list[Message]:
+def _system_message(record: dict[str, object], cols: dict[str, str], src: str, out: _Problems) -> list[Message]:
     system = _optional_string(record, cols.get("system"), src, out)
     return [Message(role="system", content=system)] if system else []
 
 
 def _content(
-    value: object, where: str, src: str, out: _Issues, *, present: bool, allow_parts: bool = True
+    value: object, where: str, src: str, out: _Problems, *, present: bool, allow_parts: bool = True
 ) -> str | None:
     """A non-blank string. Chat content may also be OpenAI's list of {"type": "text", "text"} parts."""
     if not present:

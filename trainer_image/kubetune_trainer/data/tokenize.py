@@ -40,6 +40,10 @@ class TokenizeOutcome:
     truncated: int
 
 
+class _TemplateRejected(Exception):
+    """The chat template raised on a conversation (a data problem: it is reported per example)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class _Segment:
     text: str
@@ -56,17 +60,23 @@ def tokenize_examples(
             "the tokenizer has no chat template, but the dataset is in a chat format (messages, "
             "prompt_completion, alpaca or sharegpt); use an instruct model's tokenizer, or the text format"
         )
+    issues: list[DataIssue] = []
+    rejected: set[int] = set()
     segmented: list[list[_Segment]] = []
-    for example in examples:
-        if example.messages is not None:
-            segmented.append(_chat_segments(example.messages, tokenizer=tokenizer, eos_text=eos_text))
-        else:
+    for index, example in enumerate(examples):
+        try:
+            if example.messages is not None:
+                segmented.append(_chat_segments(example.messages, tokenizer=tokenizer, eos_text=eos_text))
+            else:
+                segmented.append([])
+        except _TemplateRejected as err:
+            issues.append(DataIssue(example.source, "", f"the model's chat template rejects this conversation: {err}"))
             segmented.append([])
+            rejected.add(index)
     chat_ids = _tokenize_segments(segmented, tokenizer=tokenizer)
     text_positions = [i for i, e in enumerate(examples) if e.text is not None]
     text_ids = _encode([examples[i].text or "" for i in text_positions], tokenizer, special=True)
     results: list[TokenizedExample | None] = []
-    issues: list[DataIssue] = []
     truncated = 0
     text_by_position = dict(zip(text_positions, text_ids, strict=True))
     for index, example in enumerate(examples):
@@ -75,9 +85,10 @@ def tokenize_examples(
             labels = list(ids)
         else:
             ids, labels = chat_ids[index]
-            if all(label == IGNORE_INDEX for label in labels):
-                message = "no token carries a label: the chat template renders no assistant text"
-                issues.append(DataIssue(example.source, "", message))
+            if index in rejected or all(label == IGNORE_INDEX for label in labels):
+                if index not in rejected:
+                    message = "no token carries a label: the chat template renders no assistant text"
+                    issues.append(DataIssue(example.source, "", message))
                 results.append(None)
                 continue
         if not ids or ids[-1] != eos_id or labels[-1] == IGNORE_INDEX:
@@ -123,8 +134,8 @@ def _render(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], *, 
     conversation: list[dict[str, Any]] = [{"role": m.role, "content": m.content} for m in messages]
     try:
         text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=generation)
-    except Exception as err:  # jinja2 errors: templates raise their own ("roles must alternate" ...)
-        raise DataConfigError(f"the chat template failed to render a conversation: {err}") from err
+    except Exception as err:  # templates raise their own errors, e.g. "roles must alternate user/assistant"
+        raise _TemplateRejected(str(err)) from err
     if not isinstance(text, str):
         raise DataConfigError(f"the chat template rendered {type(text).__name__}, not text")
     return text

@@ -146,3 +146,15 @@ def test_truncation_keeps_max_seq_length_tokens_and_counts_the_example(tiny_toke
 def test_tiny_tokenizer_labels_match_the_smollm2_rules(tiny_tokenizer: Any) -> None:
     tokenized = tokenize_one(chat(("user", "Hi"), ("assistant", "Yo")), tiny_tokenizer)
     assert [tiny_tokenizer.decode(s) for s in trained_spans(tokenized)] == ["Yo<|im_end|>"]
+
+
+def test_a_conversation_the_template_rejects_is_reported_for_that_example_only() -> None:
+    # Like Mistral's and Gemma's templates, which refuse system messages or non-alternating roles.
+    strict = "{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}"
+    tokenizer = build_tiny_tokenizer(chat_template=strict + CHATML_TEMPLATE)
+    fine = chat(("user", "Hi"), ("assistant", "Yo"), source="t.jsonl:1")
+    refused = chat(("system", "Be nice."), ("user", "Hi"), ("assistant", "Yo"), source="t.jsonl:2")
+    outcome = tokenize_examples([fine, refused], tokenizer=tokenizer, max_seq_length=64)
+    assert outcome.examples[0] is not None and outcome.examples[1] is None
+    [issue] = outcome.issues
+    assert issue.source == "t.jsonl:2" and "rejects this conversation: no system role" in issue.message
