@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
-from kubetune_trainer.data import IGNORE_INDEX, DataConfigError, Example, Message, TokenizedExample, collate
+from kubetune_trainer.data import (
+    IGNORE_INDEX,
+    DataConfigError,
+    Example,
+    Message,
+    TokenizedExample,
+    collate,
+    prepare_data,
+)
 from kubetune_trainer.data.tokenize import tokenize_examples
 from tiny_chat_tokenizer import CHATML_TEMPLATE, build_tiny_tokenizer
 
 from kubetune.api.exit_codes import ExitCode
+from kubetune.api.spec import DatasetSpec
 
 QUESTION = "What is the capital of France?"
 ANSWER = "The capital of France is Paris."
@@ -158,3 +169,16 @@ def test_a_conversation_the_template_rejects_is_reported_for_that_example_only()
     assert outcome.examples[0] is not None and outcome.examples[1] is None
     [issue] = outcome.issues
     assert issue.source == "t.jsonl:2" and "rejects this conversation: no system role" in issue.message
+
+
+@pytest.mark.model
+def test_smollm2_lamini_docs_trains_exactly_each_answer(smollm2_tokenizer: Any) -> None:
+
+    lamini = (Path(__file__).resolve().parents[4] / ".." / "shared" / "datasets" / "lamini_docs.jsonl").resolve()
+    rows = [json.loads(line) for line in lamini.read_text(encoding="utf-8").splitlines()]
+    answers = [row["answer"] for row in rows if row["answer"].strip()]
+    data = prepare_data(DatasetSpec(train=[lamini.as_uri()], max_seq_length=2048), tokenizer=smollm2_tokenizer, seed=0)
+    assert len(data.train) == len(answers) == 1399 and data.report.truncated == 0
+    for tokenized, answer in zip(data.train, answers, strict=True):
+        [span] = trained_spans(tokenized)
+        assert smollm2_tokenizer.decode(span) == answer + "<|im_end|>"
