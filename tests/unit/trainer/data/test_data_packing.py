@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 from collections import Counter
@@ -185,3 +186,22 @@ def test_packed_and_unpacked_batches_give_the_same_loss(tiny_llama: Any) -> None
         loss_unpacked = tiny_llama(**unpacked).loss.item()
         loss_packed = tiny_llama(**packed).loss.item()
     assert loss_packed == pytest.approx(loss_unpacked, rel=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-4), (torch.bfloat16, 5e-2)])
+def test_packed_examples_stay_isolated_on_cuda(tiny_llama: Any, dtype: torch.dtype, tolerance: float) -> None:
+    """The CPU test above, on CUDA kernels; half precision needs the mask in the model's dtype."""
+    model = copy.deepcopy(tiny_llama).to(device="cuda", dtype=dtype)  # the fixture stays on the CPU
+    row = random_examples([7, 12, 5], seed=4)
+    batch = collate([row], packing=True, pad_token_id=0, mask_dtype=dtype)
+    inputs = {k: v.cuda() for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        packed = model(**inputs).logits[0].float()
+        at = 0
+        for item in row:
+            n = len(item.input_ids)
+            alone = model(input_ids=torch.tensor([item.input_ids], device="cuda")).logits[0].float()
+            assert (packed[at : at + n] - alone).abs().max().item() < tolerance
+            at += n
