@@ -21,7 +21,14 @@ from kubetune.api.spec import DatasetSpec
 from kubetune.api.uris import PVC_MOUNT_ROOT
 from kubetune_trainer.data.formats import DetectionError, Schema, detect_schema, parse_record
 from kubetune_trainer.data.report import MAX_REPORTED_ERRORS, token_stats, write_report
-from kubetune_trainer.data.sources import RawRecord, read_file_bytes, read_records, resolve_data_files, sha256_hex
+from kubetune_trainer.data.sources import (
+    RawRecord,
+    json_type,
+    read_file_bytes,
+    read_records,
+    resolve_data_files,
+    sha256_hex,
+)
 from kubetune_trainer.data.split import split_examples
 from kubetune_trainer.data.tokenize import tokenize_examples
 from kubetune_trainer.data.types import (
@@ -162,7 +169,7 @@ def _load(
         where = f"train[{position}]" if role == "train" else "validation"
         try:
             resolved = resolve_data_files(uri, pvc_root=pvc_root, remote_fs=fs)
-        except LookupError as err:
+        except (LookupError, OSError) as err:  # OSError: permissions, an unreachable store
             out.error(DataIssue(uri, where, str(err)))
             continue
         out.report.warnings += [f"{skipped}: skipped, not a data file" for skipped in resolved.skipped]
@@ -174,6 +181,7 @@ def _load(
                 continue
             if role == "train":
                 out.hasher.update(content)
+            errors_before = out.report.error_count
             schema, parsed = _parse_file(read_records(data_file, content), dataset=dataset, out=out)
             examples += parsed
             out.report.files.append(
@@ -189,7 +197,7 @@ def _load(
             if schema is not None:
                 out.report.detection.append(f"{data_file.uri}: {schema.describe()}")
                 out.report.formats[schema.format] = out.report.formats.get(schema.format, 0) + len(parsed)
-            elif not out.report.error_count:
+            elif out.report.error_count == errors_before:
                 out.report.warnings.append(f"{data_file.uri}: empty, no records")
     return examples
 
@@ -211,7 +219,7 @@ def _parse_file(
                 out.error(DataIssue(record.source, "format", str(err)))
                 break
         if schema is None:
-            out.error(DataIssue(record.source, "", "expected a JSON object"))
+            out.error(DataIssue(record.source, "", f"expected a JSON object, got {json_type(record.value)}"))
             continue
         parsed = parse_record(record.value, source=record.source, schema=schema)
         if isinstance(parsed, Example):

@@ -245,3 +245,20 @@ def test_a_tokenizer_that_cannot_format_the_data_fails_as_config_and_still_write
     assert caught.value.exit_code == ExitCode.BAD_CONFIG
     written = json.loads((tmp_path / REPORT_FILE_NAME).read_text(encoding="utf-8"))
     assert written["status"] == "failed" and written["errors"][0]["field"] == "tokenizer"
+
+
+def test_an_empty_shard_is_a_warning_but_no_records_at_all_is_an_error(tmp_path: Path, tiny_tokenizer: Any) -> None:
+    (tmp_path / "a.jsonl").write_text(json.dumps(GOOD["text"]) + "\n", encoding="utf-8")
+    (tmp_path / "b.jsonl").write_text("\n", encoding="utf-8")
+    data = prepare_data(DatasetSpec(train=[tmp_path.as_uri()]), tokenizer=tiny_tokenizer, seed=0)
+    assert f"{tmp_path.as_uri()}/b.jsonl: empty, no records" in data.report.warnings
+    with pytest.raises(DataError, match="no training records"):
+        prepare_data(DatasetSpec(train=[(tmp_path / "b.jsonl").as_uri()]), tokenizer=tiny_tokenizer, seed=0)
+
+
+def test_a_file_starting_with_a_non_object_names_its_type(write_jsonl: WriteJsonl, tiny_tokenizer: Any) -> None:
+    path = write_jsonl("d.jsonl", ['"just a string"', GOOD["text"]])
+    with pytest.raises(DataError) as caught:
+        prepare_data(DatasetSpec(train=[path.as_uri()]), tokenizer=tiny_tokenizer, seed=0)
+    [issue] = caught.value.errors
+    assert (issue.source, issue.message) == (f"{path.as_uri()}:1", "expected a JSON object, got a string")
