@@ -21,10 +21,13 @@ def cluster() -> Iterator[Cluster]:
         yield existing
         return
     plane = ControlPlane()
+    missing = None
     try:
         plane.start()
     except BinariesMissingError as error:
-        pytest.fail(str(error), pytrace=False)
+        missing = str(error)
+    if missing is not None:
+        pytest.fail(missing, pytrace=False)
     try:
         yield plane
     finally:

@@ -141,14 +141,14 @@ class ControlPlane(Cluster):
     # -- lifecycle -----------------------------------------------------------------------------------
 
     def start(self) -> ControlPlane:
-        missing = self.binaries.missing()
-        if missing:
-            raise BinariesMissingError(
-                "control plane binaries are missing: " + ", ".join(str(path) for path in missing)
-                + "\nBuild them once (cold build takes minutes): testenv/build-binaries.sh "
-                "or python -m kubetune_testenv build")
         started = time.monotonic()
         try:
+            missing = self.binaries.missing()
+            if missing:
+                raise BinariesMissingError(
+                    "control plane binaries are missing: " + ", ".join(str(path) for path in missing)
+                    + "\nBuild them once (cold build takes minutes): testenv/build-binaries.sh "
+                    "or python -m kubetune_testenv build")
             pki = certs.create_pki(self.workdir / "pki")
             etcd_url = self._start_etcd()
             self._start_apiserver(pki, etcd_url)
