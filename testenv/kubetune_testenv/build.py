@@ -248,3 +248,14 @@ def build(*, versions: Versions = PINNED, force: bool = False) -> Binaries:
             _log(f"  {stats.name}: {stats.seconds}s, largest process {stats.max_process_rss_mib} MiB, "
                  f"peak sum {stats.peak_tree_rss_mib} MiB")
     return out
+
+
+def prune_go_caches() -> None:
+    """Delete the private module and build caches (~5 GiB); the finished binaries stay."""
+    cache = cache_root()
+    for directory in (cache / "go", cache / "build"):
+        if directory.exists():
+            # The module cache is read-only on purpose; make it writable so it can be removed.
+            subprocess.run(["chmod", "-R", "u+w", str(directory)], check=False)
+            shutil.rmtree(directory, ignore_errors=True)
+            _log(f"removed {directory}")
