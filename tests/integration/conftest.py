@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -189,14 +189,16 @@ def operator(
         process.stop()
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """On a failed test that used the operator, attach the operator's log tail to the report."""
-    outcome = yield
-    report = outcome.get_result()
+    report = yield
     process = getattr(item, "funcargs", {}).get("operator")
     if report.failed and isinstance(process, OperatorProcess):
         report.sections.append(("operator log (tail)", process.log_tail()))
+    return report
 
 
 # ---- FineTuneJob helpers shared by the operator tests -------------------------------------------------

@@ -34,7 +34,7 @@ def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 @dataclass(frozen=True)
 class BadSpec:
     id: str
-    field: str  # the field path the error message must name
+    path: str  # the field path the error message must name
     rejected_by: Literal["api", "operator"]
     override: dict[str, Any] = field(default_factory=dict)
     without: tuple[str, ...] = ()
@@ -159,13 +159,13 @@ def test_bad_spec_is_rejected_naming_the_field_and_never_runs(
     except ApiError as err:
         assert case.rejected_by == "api", f"expected the operator to catch it, but the API server said: {err}"
         assert err.status == 422, err
-        assert case.field in err.message, f"422 does not name {case.field}: {err.message}"
+        assert case.path in err.message, f"422 does not name {case.path}: {err.message}"
     else:
-        assert case.rejected_by == "operator", f"the API server accepted a spec it should reject ({case.field})"
+        assert case.rejected_by == "operator", f"the API server accepted a spec it should reject ({case.path})"
         failed = ftjs.wait_phase(case.name, "Failed", timeout=30)
         validated = condition(failed, "Validated")
         assert validated["status"] == "False" and validated["reason"] == "InvalidSpec"
-        assert case.field in validated["message"], validated["message"]
+        assert case.path in validated["message"], validated["message"]
         assert status(failed)["failure"]["reason"] == "InvalidSpec"
         ftjs.wait(case.name, lambda _: "InvalidSpec" in ftjs.event_reasons(case.name), what="an InvalidSpec event")
     assert ftjs.everything("jobs") == [] and ftjs.everything("pods") == []
