@@ -7,6 +7,7 @@ interrupted build never leaves something that looks usable. A cold build takes m
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -201,6 +202,17 @@ def build_kube(*, versions: Versions, work: Path, env: dict[str, str], out: Bina
            cwd=module, env=env, step="kube: build (apiserver+controller-manager+scheduler+kubectl)",
            log=log, report=report)
     _install(tmp, out.kube)
+    link_programs(out)
+
+
+def link_programs(out: Binaries) -> None:
+    """Symlinks kube-apiserver, kube-controller-manager, kube-scheduler, kubectl -> kube (argv[0] dispatch)."""
+    for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"):
+        link = out.directory / name
+        if not link.is_symlink():
+            link.unlink(missing_ok=True)
+            with contextlib.suppress(FileExistsError):  # a concurrent build made it first
+                link.symlink_to(out.kube.name)
 
 
 @contextmanager
@@ -224,6 +236,7 @@ def build(*, versions: Versions = PINNED, force: bool = False) -> Binaries:
     """Build whatever binaries of ``versions`` are missing; return their paths."""
     out = binaries(versions)
     if not force and not out.missing():
+        link_programs(out)
         _log(f"binaries up to date in {out.directory}")
         return out
     _check_go()
