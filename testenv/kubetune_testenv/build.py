@@ -11,7 +11,6 @@ import contextlib
 import fcntl
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -35,7 +34,7 @@ class BuildError(RuntimeError):
 class StepStats:
     name: str
     seconds: float
-    max_process_rss_mib: float
+    largest_process_mib: float
     peak_tree_rss_mib: float
 
 
@@ -67,8 +66,8 @@ def go_env(cache: Path) -> dict[str, str]:
     return env
 
 
-def _tree_rss_bytes(root_pid: int) -> int:
-    """Sum of resident memory of ``root_pid`` and all its descendants (Linux /proc)."""
+def _tree_rss_bytes(root_pid: int) -> tuple[int, int]:
+    """Resident memory of ``root_pid`` and all its descendants: (sum, largest process). Linux /proc."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     page = os.sysconf("SC_PAGE_SIZE")
@@ -83,25 +82,26 @@ def _tree_rss_bytes(root_pid: int) -> int:
         pid = int(entry.name)
         children.setdefault(int(fields[1]), []).append(pid)  # fields[1] is the parent pid
         rss[pid] = int(fields[21]) * page  # resident pages
-    total, stack = 0, [root_pid]
+    total, largest, stack = 0, 0, [root_pid]
     while stack:
         pid = stack.pop()
         total += rss.get(pid, 0)
+        largest = max(largest, rss.get(pid, 0))
         stack.extend(children.get(pid, []))
-    return total
+    return total, largest
 
 
 class _TreeSampler(threading.Thread):
     def __init__(self, pid: int, label: str) -> None:
         super().__init__(daemon=True)
-        self.pid, self.label, self.peak = pid, label, 0
+        self.pid, self.label, self.peak, self.largest = pid, label, 0, 0
         self.stopped = threading.Event()
 
     def run(self) -> None:
         started = last_note = time.monotonic()
         while not self.stopped.wait(0.5):
-            current = _tree_rss_bytes(self.pid)
-            self.peak = max(self.peak, current)
+            current, largest = _tree_rss_bytes(self.pid)
+            self.peak, self.largest = max(self.peak, current), max(self.largest, largest)
             if time.monotonic() - last_note >= 30:
                 last_note = time.monotonic()
                 _log(f"  ... {self.label}: {last_note - started:.0f}s, {current / 2**30:.1f} GiB in use")
@@ -112,7 +112,6 @@ def run_go(args: list[str], *, cwd: Path, env: dict[str, str], step: str, log: P
     """Run one go command, logging to ``log``; raise BuildError with the command and its error tail."""
     command = ["go", *args]
     _log(f"{step}: {' '.join(command)}")
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     started = time.monotonic()
     with open(log, "ab") as sink:
         sink.write(f"\n$ (cd {cwd} && {' '.join(command)})\n".encode())
@@ -128,8 +127,7 @@ def run_go(args: list[str], *, cwd: Path, env: dict[str, str], step: str, log: P
         sampler.join()
         sink.write(output)
     seconds = time.monotonic() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB, max of any waited child
-    report.steps.append(StepStats(step, round(seconds, 1), round(max(after, before) / 1024, 1),
+    report.steps.append(StepStats(step, round(seconds, 1), round(sampler.largest / 2**20, 1),
                                   round(sampler.peak / 2**20, 1)))
     text = output.decode(errors="replace")
     if code != 0:
@@ -258,7 +256,7 @@ def build(*, versions: Versions = PINNED, force: bool = False) -> Binaries:
         _log(f"all binaries built in {total:.0f}s")
         (work / "build-stats.json").write_text(report.as_json())
         for stats in report.steps:
-            _log(f"  {stats.name}: {stats.seconds}s, largest process {stats.max_process_rss_mib} MiB, "
+            _log(f"  {stats.name}: {stats.seconds}s, largest process {stats.largest_process_mib} MiB, "
                  f"peak sum {stats.peak_tree_rss_mib} MiB")
     return out
 
