@@ -55,7 +55,7 @@ class Settings:
     """Start-up settings of a local control plane."""
 
     pools: tuple[NodePool, ...] = DEFAULT_POOLS
-    # Cold start is ~10-20 s on 2 cores; generous because CI machines are noisy.
+    # Start-up takes 5-6 s on 2 cores; generous because CI machines are shared and noisy.
     startup_timeout_s: float = 120.0
     # How long a pod without kubetune.test/run-for runs before it exits.
     default_run_for_ms: int = stages.DEFAULT_RUN_FOR_MS
@@ -261,7 +261,7 @@ class ControlPlane(Cluster):
             "--manage-all-nodes=false",
             f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}={KWOK_NODE_ANNOTATION_VALUE}",
             f"--cidr={POD_CIDR}", f"--node-ip={FAKE_NODE_IP}",
-            "--node-lease-duration-seconds=40",
+            "--node-lease-duration-seconds=40",  # kwok renews each node's Lease, as a kubelet does
         ])
 
     def _create_nodes(self) -> None:
@@ -314,6 +314,10 @@ class ControlPlane(Cluster):
     def log_path(self, component: str) -> Path:
         return self.workdir / "logs" / f"{component}.log"
 
+    def dead_components(self) -> list[str]:
+        """Names of components whose process has exited (empty while the control plane is healthy)."""
+        return [process.name for process in self._processes if not process.alive()]
+
 
 def run_until_interrupted(*, workdir: str | None) -> int:
     """``python -m kubetune_testenv up``: start, print how to connect, wait for Ctrl-C, tear down."""
@@ -332,10 +336,10 @@ def run_until_interrupted(*, workdir: str | None) -> int:
         print(f"kubectl:    {plane.binaries.kube} kubectl --kubeconfig={plane.kubeconfig_path} get nodes")
         print(f"logs:       {plane.workdir / 'logs'}")
         print("Ctrl-C stops the control plane and removes its files.", flush=True)
-        while all(process.alive() for process in plane._processes):
+        while not plane.dead_components():
             time.sleep(1)
-        dead = [process.name for process in plane._processes if not process.alive()]
-        print(f"error: {', '.join(dead)} exited; see {plane.workdir / 'logs'}", file=sys.stderr)
+        print(f"error: {', '.join(plane.dead_components())} exited; see {plane.workdir / 'logs'}",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0
