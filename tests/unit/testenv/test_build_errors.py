@@ -39,7 +39,8 @@ def test_missing_go_is_reported(cache: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_a_refused_module_shows_the_command_and_its_error(
-        cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fake_go(tmp_path, 'echo "go: k8s.io/api@v0.0.0: reading proxy: 404 Not Found" >&2; exit 1')
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     with pytest.raises(build.BuildError) as error:
@@ -50,8 +51,7 @@ def test_a_refused_module_shows_the_command_and_its_error(
     assert len(binaries().missing()) == 3  # nothing half-built was installed
 
 
-def test_a_sigkilled_build_suggests_fewer_jobs(cache: Path, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_sigkilled_build_suggests_fewer_jobs(cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake_go(tmp_path, 'echo "link: signal: killed"; exit 1')
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     with pytest.raises(build.BuildError, match="KUBETUNE_GO_BUILD_JOBS=1"):

@@ -16,8 +16,7 @@ from kubetune_testenv.nodes import (
 
 def test_default_pools_are_four_h100x8_and_two_l4x1_nodes() -> None:
     nodes = all_node_manifests()
-    shapes = Counter((n["metadata"]["labels"][GPU_PRODUCT_LABEL], n["status"]["capacity"][GPU_RESOURCE])
-                     for n in nodes)
+    shapes = Counter((n["metadata"]["labels"][GPU_PRODUCT_LABEL], n["status"]["capacity"][GPU_RESOURCE]) for n in nodes)
     assert shapes == {("NVIDIA-H100-80GB-HBM3", "8"): 4, ("NVIDIA-L4", "1"): 2}
 
 

@@ -49,8 +49,7 @@ def test_every_documented_annotation_is_used_by_a_stage() -> None:
 def test_exit_and_preempt_stages_are_mutually_exclusive() -> None:
     docs = by_name(stages.stage_text())
     exit_keys = {(e["key"], e["operator"]) for e in docs["pod-exit"]["spec"]["selector"]["matchExpressions"]}
-    preempt_keys = {(e["key"], e["operator"])
-                    for e in docs["pod-preempt"]["spec"]["selector"]["matchExpressions"]}
+    preempt_keys = {(e["key"], e["operator"]) for e in docs["pod-preempt"]["spec"]["selector"]["matchExpressions"]}
     annotation = f'.metadata.annotations["{stages.PREEMPT_AFTER}"]'
     assert (annotation, "DoesNotExist") in exit_keys
     assert (annotation, "Exists") in preempt_keys

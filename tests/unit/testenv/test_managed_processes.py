@@ -34,8 +34,7 @@ def test_stop_kills_the_whole_process_group_even_if_sigterm_is_ignored(tmp_path:
 
 
 def test_wait_until_reports_a_dead_process_with_its_log(tmp_path: Path) -> None:
-    process = processes.ManagedProcess("failing", ["bash", "-c", "echo boom; exit 3"],
-                                       log_path=tmp_path / "log")
+    process = processes.ManagedProcess("failing", ["bash", "-c", "echo boom; exit 3"], log_path=tmp_path / "log")
     with pytest.raises(RuntimeError, match="boom"):
         processes.wait_until(lambda: False, timeout=10, what="never", process=process)
     process.stop()

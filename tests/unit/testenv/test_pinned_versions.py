@@ -20,8 +20,10 @@ def test_a_non_release_kubernetes_version_is_rejected() -> None:
 
 def test_cache_key_changes_with_any_version() -> None:
     base = Versions()
-    assert len({base.key, Versions(etcd="v3.6.15").key, Versions(kwok="v0.7.0").key,
-                Versions(kubernetes="v1.37.2").key}) == 4
+    assert (
+        len({base.key, Versions(etcd="v3.6.15").key, Versions(kwok="v0.7.0").key, Versions(kubernetes="v1.37.2").key})
+        == 4
+    )
 
 
 def test_binaries_live_under_the_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

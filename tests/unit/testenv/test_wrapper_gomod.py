@@ -30,7 +30,11 @@ replace k8s.io/kms => ./staging/src/k8s.io/kms
 
 def test_staging_modules_are_read_from_the_replace_directives() -> None:
     assert gomod.staging_modules(KUBERNETES_GOMOD) == [
-        "k8s.io/api", "k8s.io/client-go", "k8s.io/cri-streaming", "k8s.io/kms"]
+        "k8s.io/api",
+        "k8s.io/client-go",
+        "k8s.io/cri-streaming",
+        "k8s.io/kms",
+    ]
 
 
 def test_a_gomod_without_staging_replaces_is_an_error() -> None:
