@@ -199,6 +199,17 @@ def list_trainer_pods(kube: Kube, *, namespace: str, ftj_name: str, job_uid: str
     return [dict(item) for item in items]
 
 
+def delete_job(kube: Kube, *, namespace: str, name: str, uid: str) -> None:
+    """Delete this Job (not a newer one of the same name); its pods follow in the background."""
+    path = object_path(api_version="batch/v1", plural="jobs", namespace=namespace, name=name)
+    body = {"propagationPolicy": "Background", "preconditions": {"uid": uid}}
+    try:
+        kube.request("DELETE", path, body=body)
+    except ApiError as err:
+        if err.status not in (404, 409):
+            raise
+
+
 def set_job_suspend(kube: Kube, *, namespace: str, name: str, suspend: bool) -> Obj:
     path = object_path(api_version="batch/v1", plural="jobs", namespace=namespace, name=name)
     return kube.request("PATCH", path, body={"spec": {"suspend": suspend}}, content_type=MERGE_PATCH)

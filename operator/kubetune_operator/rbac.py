@@ -29,8 +29,9 @@ RULES: tuple[PolicyRule, ...] = (
     # Owner references with blockOwnerDeletion need update on the owner's finalizers subresource
     # where the OwnerReferencesPermissionEnforcement admission plugin is on (OpenShift, hardened clusters).
     PolicyRule(api_groups=(GROUP,), resources=(f"{PLURAL}/finalizers",), verbs=("update",)),
-    # The trainer Job: created once, suspended/resumed by patch, watched for status.
-    PolicyRule(api_groups=("batch",), resources=("jobs",), verbs=("get", "list", "watch", "create", "patch")),
+    # The trainer Job: created once, suspended/resumed by patch, watched for status; deleted and created
+    # again when spec.resources changed while it was suspended (a Job's pod template is immutable).
+    PolicyRule(api_groups=("batch",), resources=("jobs",), verbs=("get", "list", "watch", "create", "patch", "delete")),
     # Trainer pods are only observed (exit codes, scheduling failures).
     PolicyRule(api_groups=("",), resources=("pods",), verbs=("get", "list", "watch")),
     # The trainer config and the rendezvous Service: created once, adopted by patch after a restart.

@@ -15,8 +15,8 @@ from kubetune.api.resource import FineTuneJob
 from kubetune.api.status import Phase
 from kubetune.api.validation import spec_errors
 from kubetune_operator import k8s
-from kubetune_operator.builders import build_children
-from kubetune_operator.builders.names import KUEUE_QUEUE_LABEL, name_problems
+from kubetune_operator.builders import Children, build_children
+from kubetune_operator.builders.names import JOB_SPEC_HASH_ANNOTATION, KUEUE_QUEUE_LABEL, name_problems
 from kubetune_operator.settings import OperatorSettings
 from kubetune_operator.status import (
     TERMINAL_PHASES,
@@ -83,10 +83,18 @@ def _reconcile_once(
         ftj = FineTuneJob.from_object({**obj, "status": {}})
         suspend, nodes = ftj.spec.run_policy.suspend, ftj.spec.resources.nodes
         try:
-            job, created = _ensure_children(kube, ftj=ftj, settings=settings)
+            children = build_children(ftj=ftj, settings=settings)
+            job, created = _ensure_children(kube, children=children)
         except k8s.ChildConflictError as err:
             problems = [f"metadata.name: {err}"]
         else:
+            if not created and _outdated_while_stopped(job=job, desired=children.job):
+                # Resources changed while suspended: the Job's pod template cannot change, so the Job is
+                # replaced; its deletion event triggers the reconcile that creates the new one. The status
+                # is left as it is meanwhile, so no spurious phase change is reported.
+                logger.info("spec changed while suspended: replacing Job %s", job["metadata"]["name"])
+                k8s.delete_job(kube, namespace=namespace, name=job["metadata"]["name"], uid=job["metadata"]["uid"])
+                return Result(uid=meta["uid"], phase=previous.phase)
             if created:  # posted at once: a lost status-write race below retries without creating again
                 event = EventSpec(type="Normal", reason="JobCreated", message=f"created Job {job['metadata']['name']}")
                 _post_events(kube, obj=obj, events=[event], now=now, logger=logger)
@@ -123,11 +131,18 @@ def _reconcile_once(
     return Result(uid=meta["uid"], phase=desired.phase, events=events)
 
 
-def _ensure_children(kube: k8s.Kube, *, ftj: FineTuneJob, settings: OperatorSettings) -> tuple[dict[str, Any], bool]:
-    children = build_children(ftj=ftj, settings=settings)
+def _ensure_children(kube: k8s.Kube, *, children: Children) -> tuple[dict[str, Any], bool]:
     k8s.ensure_child(kube, manifest=children.config_map)
     k8s.ensure_child(kube, manifest=children.service)
     return k8s.ensure_child(kube, manifest=children.job)
+
+
+def _outdated_while_stopped(*, job: dict[str, Any], desired: dict[str, Any]) -> bool:
+    """The Job was built from an older spec and can be replaced without stopping a running trainer."""
+    built_from = (job["metadata"].get("annotations") or {}).get(JOB_SPEC_HASH_ANNOTATION)
+    wanted = desired["metadata"]["annotations"][JOB_SPEC_HASH_ANNOTATION]
+    stopped = bool(job["spec"].get("suspend")) and not (job.get("status") or {}).get("active")
+    return built_from is not None and built_from != wanted and stopped
 
 
 def _sync_suspend(kube: k8s.Kube, *, job: dict[str, Any], suspend: bool, logger: Logger) -> dict[str, Any]:

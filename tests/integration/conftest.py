@@ -276,7 +276,8 @@ class FineTuneJobs:
         path = collection_path(api_version="v1", plural="events", namespace=self.namespace)
         selector = f"involvedObject.kind=FineTuneJob,involvedObject.name={name}"
         items = self.kube.request("GET", path, query=[("fieldSelector", selector)])["items"]
-        return [str(e["reason"]) for e in sorted(items, key=lambda e: str(e["metadata"]["creationTimestamp"]))]
+        # Timestamps have whole seconds; etcd's revision (the resourceVersion of a new object) orders them.
+        return [str(e["reason"]) for e in sorted(items, key=lambda e: int(e["metadata"]["resourceVersion"]))]
 
 
 def status_of(obj: dict[str, Any]) -> dict[str, Any]:
@@ -288,9 +289,21 @@ def condition_of(obj: dict[str, Any], type_: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def ftjs(admin: Kube, namespace: str, operator: OperatorProcess) -> FineTuneJobs:
-    """FineTuneJobs in this test's namespace, with the operator running."""
-    return FineTuneJobs(kube=admin, namespace=namespace)
+def ftjs(admin: Kube, namespace: str, operator: OperatorProcess) -> Iterator[FineTuneJobs]:
+    """FineTuneJobs in this test's namespace, with the operator running.
+
+    Afterwards the test's FineTuneJobs are deleted and their pods awaited, so the next test finds the fake
+    GPUs free (namespace deletion alone releases them seconds later, longer than the pending timeout).
+    """
+    jobs = FineTuneJobs(kube=admin, namespace=namespace)
+    yield jobs
+    for item in admin.request("GET", ftj_collection(namespace))["items"]:
+        try:
+            jobs.delete(item["metadata"]["name"])
+        except ApiError as err:
+            if err.status != 404:
+                raise
+    wait_for(lambda: jobs.everything("pods"), lambda pods: not pods, what="the test's pods to be gone", timeout=60)
 
 
 @pytest.fixture

@@ -91,6 +91,29 @@ def test_suspend_stops_the_pods_and_resume_starts_them_again(ftjs: Any, conditio
     assert reasons.index("Suspended") < reasons.index("Resumed")
 
 
+def test_resources_changed_while_suspended_apply_on_resume(ftjs: Any, status: Status) -> None:
+    ftjs.create("resize", annotations={"kubetune.test/run-for": "10m"})
+    ftjs.wait_phase("resize", "Running")
+    (before,) = ftjs.children("jobs", "resize")
+    ftjs.patch_spec("resize", {"runPolicy": {"suspend": True}})
+    ftjs.wait_phase("resize", "Suspended")
+    ftjs.patch_spec("resize", {"resources": {"nodes": 2, "gpusPerNode": 8, "gpuProduct": "NVIDIA-H100-80GB-HBM3"}})
+    ftjs.wait(
+        "resize",
+        lambda _: (
+            [j["metadata"]["uid"] for j in ftjs.children("jobs", "resize")] not in ([], [before["metadata"]["uid"]])
+        ),
+        what="its Job to be replaced",
+    )
+    assert status(ftjs.get("resize") or {})["phase"] == "Suspended"
+    ftjs.patch_spec("resize", {"runPolicy": {"suspend": False}})
+    ftjs.wait_phase("resize", "Running")
+    (job,) = ftjs.children("jobs", "resize")
+    assert job["spec"]["completions"] == 2
+    pods = ftjs.children("pods", "resize")
+    assert len(pods) == 2 and all(p["spec"]["nodeName"].startswith("gpu-h100-") for p in pods)
+
+
 def test_deleting_the_finetunejob_deletes_its_job_and_pods(ftjs: Any) -> None:
     ftjs.create("doomed", annotations={"kubetune.test/run-for": "10m"})
     ftjs.wait_phase("doomed", "Running")

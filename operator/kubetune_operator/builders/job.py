@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from kubetune.api.exit_codes import FATAL_EXIT_CODES, IGNORED_EXIT_CODES
 from kubetune.api.resource import FineTuneJob
-from kubetune_operator.builders.names import KUEUE_QUEUE_LABEL, TRAINER_CONTAINER, child_metadata, child_names
+from kubetune_operator.builders.names import (
+    JOB_SPEC_HASH_ANNOTATION,
+    KUEUE_QUEUE_LABEL,
+    TRAINER_CONTAINER,
+    child_metadata,
+    child_names,
+)
 from kubetune_operator.builders.pod import build_pod_template
 from kubetune_operator.settings import OperatorSettings
 
@@ -58,4 +66,15 @@ def build_job(*, ftj: FineTuneJob, settings: OperatorSettings) -> dict[str, Any]
     }
     if spec.run_policy.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = spec.run_policy.active_deadline_seconds
+    metadata["annotations"] = {JOB_SPEC_HASH_ANNOTATION: job_spec_hash(job_spec)}
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
+
+
+def job_spec_hash(job_spec: dict[str, Any]) -> str:
+    """A digest of what the operator asked for, minus suspend (which it changes in place).
+
+    Compared with the desired one to notice a spec change the existing Job cannot take (its pod template
+    is immutable). The live Job is not hashed: Kueue and the API server's defaults change it.
+    """
+    wanted = {key: value for key, value in job_spec.items() if key != "suspend"}
+    return hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:16]

@@ -60,3 +60,14 @@ def test_pod_failure_policy_ignores_checkpointed_sigterm_and_disruptions() -> No
 def test_retryable_exit_codes_match_no_rule_so_they_count_against_the_backoff_limit() -> None:
     matched = {code for r in pod_failure_policy()["rules"] if "onExitCodes" in r for code in r["onExitCodes"]["values"]}
     assert not {1, 137, 139} & matched
+
+
+def test_job_spec_hash_changes_with_resources_but_not_with_suspend(make_ftj: MakeFtj) -> None:
+    def digest(**spec: object) -> str:
+        job = build_children(ftj=make_ftj(**spec), settings=OperatorSettings()).job
+        return str(job["metadata"]["annotations"]["kubetune.io/job-spec-hash"])
+
+    assert digest() == digest()
+    assert digest(runPolicy={"suspend": True}) == digest(runPolicy={"suspend": False})
+    assert digest(resources={"nodes": 2}) != digest(resources={"nodes": 1})
+    assert digest(resources={"gpuProduct": "NVIDIA-L4"}) != digest()

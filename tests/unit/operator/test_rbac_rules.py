@@ -14,11 +14,11 @@ def test_operator_can_watch_finetunejobs_and_write_only_their_status_and_annotat
     assert verbs_for("kubetune.io", "finetunejobs/status") == {"get", "patch"}
 
 
-def test_operator_only_observes_pods_and_never_deletes_its_children() -> None:
+def test_operator_only_observes_pods_and_deletes_no_child_but_a_stopped_job() -> None:
     assert verbs_for("", "pods") == {"get", "list", "watch"}
-    for group, resource in (("batch", "jobs"), ("", "configmaps"), ("", "services")):
+    for group, resource in (("", "configmaps"), ("", "services")):
         assert "delete" not in verbs_for(group, resource)
-    assert "create" in verbs_for("batch", "jobs")
+    assert {"create", "delete"} <= verbs_for("batch", "jobs")
 
 
 def test_no_wildcards_and_no_access_to_secrets() -> None:
