@@ -19,6 +19,7 @@ from kubetune.api.progress import FailedEvent, StoppedEvent
 from kubetune.api.trainer_config import TrainerConfig, TrainerConfigError, load_trainer_config
 from kubetune.api.uris import PVC_MOUNT_ROOT
 from kubetune_trainer.reporting import JsonLinesReporter, Reporter
+from kubetune_trainer.signals import StopRequest
 
 log = logging.getLogger("kubetune_trainer")
 
@@ -67,13 +68,20 @@ def run(
     pvc_root: PurePosixPath = PVC_MOUNT_ROOT,
     threads: int | None = None,
     sample_prompts: int = 3,
+    stop: StopRequest | None = None,
 ) -> int:
     """Train and map the outcome to an exit code (the process-level entry point without argparse)."""
     from kubetune_trainer.data import DataConfigError, DataError
     from kubetune_trainer.errors import StoppedOnSignal, TrainerError
     from kubetune_trainer.recipe import FineTuneRecipe, RunOptions
 
-    options = RunOptions(cache_dir=cache_dir, pvc_root=pvc_root, threads=threads, sample_prompts=sample_prompts)
+    options = RunOptions(
+        cache_dir=cache_dir,
+        pvc_root=pvc_root,
+        threads=threads,
+        sample_prompts=sample_prompts,
+        stop=stop or StopRequest(),
+    )
     options.stop.install()
     recipe = FineTuneRecipe(config, options=options, reporter=reporter)
     try:
@@ -89,6 +97,7 @@ def run(
         return _fail(reporter, ExitCode(err.exit_code), str(err))
     finally:
         recipe.cleanup()
+        options.stop.uninstall()
 
 
 def _fail(reporter: Reporter, code: ExitCode, message: str) -> int:

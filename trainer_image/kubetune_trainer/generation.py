@@ -20,8 +20,10 @@ class SamplePrompt:
 
 def sample_prompts(examples: Sequence[TokenizedExample], *, tokenizer: Any, count: int) -> list[SamplePrompt]:
     """The first ``count`` examples that have a prompt: everything before the first labelled token."""
-    prompts = []
+    prompts: list[SamplePrompt] = []
     for example in examples:
+        if len(prompts) >= count:
+            break
         first = next((i for i, label in enumerate(example.labels) if label != IGNORE_INDEX), None)
         if not first:  # no label at all, or a text example labelled from its first token
             continue
@@ -33,8 +35,6 @@ def sample_prompts(examples: Sequence[TokenizedExample], *, tokenizer: Any, coun
                 reference=tokenizer.decode(reference_ids, skip_special_tokens=True),
             )
         )
-        if len(prompts) == count:
-            break
     return prompts
 
 

@@ -162,6 +162,12 @@ def rebuild_plain(model: Any) -> Any:
     with torch.device("meta"):
         plain = AutoModelForCausalLM.from_config(config, dtype=model.dtype)  # type: ignore[no-untyped-call]
     plain.load_state_dict(model.state_dict(), assign=True, strict=True)
+    # Non-persistent buffers (rotary frequencies) are not in the state dict: take them over as well.
+    originals = dict(model.named_buffers())
+    for name, buffer in list(plain.named_buffers()):
+        if buffer.is_meta:
+            owner, _, attr = name.rpartition(".")
+            plain.get_submodule(owner).register_buffer(attr, originals[name], persistent=False)
     plain.tie_weights()
     plain.generation_config = model.generation_config
     return plain

@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 from types import FrameType
+from typing import Any
 
 
 class StopRequest:
@@ -19,6 +20,7 @@ class StopRequest:
     def __init__(self) -> None:
         self._event = threading.Event()
         self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
 
     @property
     def requested(self) -> bool:
@@ -33,7 +35,13 @@ class StopRequest:
         if threading.current_thread() is not threading.main_thread():
             return
         for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._handle)
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def uninstall(self) -> None:
+        """Put back the handlers :meth:`install` replaced (in-process runs, tests)."""
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
