@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import json
 import os
 import resource
@@ -88,9 +89,10 @@ def prompt_completion_file(into: Path, *, conversational: bool) -> Path:
 
 
 def run_kubetune(*, packing: bool, steps: int, device: str, model_dir: Path | None, work: Path) -> dict[str, Any]:
-    from kubetune.api.trainer_config import TrainerConfig
     from kubetune_trainer.recipe import FineTuneRecipe, RunOptions
     from kubetune_trainer.reporting import RecordingReporter
+
+    from kubetune.api.trainer_config import TrainerConfig
 
     model: dict[str, Any] = (
         {"source": f"file://{gguf_dir()}", "ggufFile": GGUF_FILE, "dtype": "float32"}
@@ -131,10 +133,10 @@ def run_kubetune(*, packing: bool, steps: int, device: str, model_dir: Path | No
     finally:
         recipe.cleanup()
     steps_seen = [e for e in reporter.events if e.event == "step"]
-    timed = steps_seen[1:]
-    tokens = sum(b.trained_tokens - a.trained_tokens for a, b in zip(steps_seen, steps_seen[1:], strict=False))
+    # Step 1 pays one-off allocation costs: time steps 2..N from each step's own tokens and rate.
+    tokens = sum(b.trained_tokens - a.trained_tokens for a, b in itertools.pairwise(steps_seen))
     seconds = sum(
-        (b.trained_tokens - a.trained_tokens) / b.tokens_per_second for a, b in zip(steps_seen, timed, strict=False)
+        (b.trained_tokens - a.trained_tokens) / b.tokens_per_second for a, b in itertools.pairwise(steps_seen)
     )
     return {
         "tokens_per_second": tokens / seconds,

@@ -89,9 +89,8 @@ def nan_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
 def smollm2_plain_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) -> Path:
     """SmolLM2 dequantized from the GGUF and saved as plain fp32 safetensors, once per session."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from kubetune_trainer.modeling import rebuild_plain
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     directory = tmp_path_factory.mktemp("smollm2-plain")
     gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"

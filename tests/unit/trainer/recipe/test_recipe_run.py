@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 import torch
+from kubetune_trainer.signals import StopRequest
 
 from kubetune.api.exit_codes import ExitCode
 from kubetune.api.trainer_config import TrainerConfig
-from kubetune_trainer.signals import StopRequest
 
 Runner = Callable[..., tuple[int, list[Any]]]
 
