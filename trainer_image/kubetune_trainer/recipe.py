@@ -300,6 +300,13 @@ class FineTuneRecipe:
             self.save_checkpoint(reason="final")
         if self.data.validation and self.state.eval_step != self.state.position.step:
             self.evaluate()
+        log.info(
+            "rank %d of %d: trained to step %d (%d tokens on all ranks)",
+            self.runtime.rank,
+            self.runtime.world_size,
+            self.state.position.step,
+            self.state.position.trained_tokens,
+        )
 
     def _remaining_steps(self) -> Iterator[tuple[list[list[list[int]]], int, int]]:
         """(this rank's micro-batches, epoch, step in epoch) for every step still to run."""
