@@ -67,7 +67,28 @@ class Kube:
         body: Mapping[str, Any] | None = None,
         content_type: str = JSON,
     ) -> Obj:
-        headers = {"Accept": JSON}
+        data = self._send(method, path, query=query, body=body, content_type=content_type, accept=JSON)
+        payload: Obj = json.loads(data) if data else {}
+        return payload
+
+    def request_text(self, path: str, *, query: Sequence[tuple[str, str]] = ()) -> str:
+        """A GET of a text resource (pod logs)."""
+        # The API server answers errors as JSON, and refuses requests that would not accept that.
+        return self._send("GET", path, query=query, body=None, content_type=JSON, accept=f"{JSON}, */*").decode(
+            "utf-8", errors="replace"
+        )
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Sequence[tuple[str, str]],
+        body: Mapping[str, Any] | None,
+        content_type: str,
+        accept: str,
+    ) -> bytes:
+        headers = {"Accept": accept}
         if body is not None:
             headers["Content-Type"] = content_type
         method_, url, headers_, body_, post = self._api.param_serialize(
@@ -86,14 +107,17 @@ class Kube:
             status = int(getattr(err, "status", 0) or 0)
             raise ApiError(status=status, reason=type(err).__name__, message=str(err)) from err
         data: bytes = response.read()  # type: ignore[no-untyped-call]
-        payload: Obj = json.loads(data) if data else {}
         if response.status >= 400:
+            try:  # a metav1.Status from the API server; a proxy in between may answer with anything
+                status_obj = json.loads(data)
+            except ValueError:
+                status_obj = {}
             raise ApiError(
                 status=response.status,
-                reason=str(payload.get("reason") or response.reason or ""),
-                message=str(payload.get("message") or data[:500]),
+                reason=str(status_obj.get("reason") or response.reason or ""),
+                message=str(status_obj.get("message") or data[:500].decode("utf-8", errors="replace")),
             )
-        return payload
+        return data
 
     def get(self, path: str) -> Obj | None:
         """The object, or ``None`` when it does not exist."""
@@ -208,6 +232,12 @@ def delete_job(kube: Kube, *, namespace: str, name: str, uid: str) -> None:
     except ApiError as err:
         if err.status not in (404, 409):
             raise
+
+
+def read_log_tail(kube: Kube, *, namespace: str, pod: str, container: str, lines: int, max_bytes: int) -> str:
+    path = object_path(api_version="v1", plural="pods", namespace=namespace, name=pod) + "/log"
+    query = [("container", container), ("tailLines", str(lines)), ("limitBytes", str(max_bytes))]
+    return kube.request_text(path, query=query)
 
 
 def set_job_suspend(kube: Kube, *, namespace: str, name: str, suspend: bool) -> Obj:

@@ -34,6 +34,8 @@ RULES: tuple[PolicyRule, ...] = (
     PolicyRule(api_groups=("batch",), resources=("jobs",), verbs=("get", "list", "watch", "create", "patch", "delete")),
     # Trainer pods are only observed (exit codes, scheduling failures).
     PolicyRule(api_groups=("",), resources=("pods",), verbs=("get", "list", "watch")),
+    # Rank 0's log carries the trainer's progress events (status.progress, status.metrics).
+    PolicyRule(api_groups=("",), resources=("pods/log",), verbs=("get",)),
     # The trainer config and the rendezvous Service: created once, adopted by patch after a restart.
     PolicyRule(api_groups=("",), resources=("configmaps", "services"), verbs=("get", "create", "patch")),
     # Milestone and failure Events on FineTuneJobs (the operator's and kopf's own).

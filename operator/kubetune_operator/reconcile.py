@@ -11,12 +11,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from kubetune.api.progress import ProgressEvent
 from kubetune.api.resource import FineTuneJob
 from kubetune.api.status import Phase
 from kubetune.api.validation import spec_errors
 from kubetune_operator import k8s
 from kubetune_operator.builders import Children, build_children
-from kubetune_operator.builders.names import JOB_SPEC_HASH_ANNOTATION, KUEUE_QUEUE_LABEL, name_problems
+from kubetune_operator.builders.names import (
+    COMPLETION_INDEX_ANNOTATION,
+    JOB_SPEC_HASH_ANNOTATION,
+    KUEUE_QUEUE_LABEL,
+    TRAINER_CONTAINER,
+    name_problems,
+)
+from kubetune_operator.progress import events_from_log
 from kubetune_operator.settings import OperatorSettings
 from kubetune_operator.status import (
     TERMINAL_PHASES,
@@ -76,6 +84,7 @@ def _reconcile_once(
     events: list[EventSpec] = []
     job: dict[str, Any] | None = None
     pods: list[dict[str, Any]] = []
+    trainer_events: list[ProgressEvent] = []
     suspend = False
     nodes = 1
     if not problems:
@@ -100,6 +109,7 @@ def _reconcile_once(
                 _post_events(kube, obj=obj, events=[event], now=now, logger=logger)
             job = _sync_suspend(kube, job=job, suspend=suspend, logger=logger)
             pods = k8s.list_trainer_pods(kube, namespace=namespace, ftj_name=name, job_uid=job["metadata"]["uid"])
+            trainer_events = _trainer_events(kube, pods=pods, settings=settings, logger=logger)
     desired = compute_status(
         Observation(
             generation=int(meta.get("generation") or 0),
@@ -111,6 +121,7 @@ def _reconcile_once(
             nodes=nodes,
             suspend_requested=suspend,
             pending_timeout=timedelta(seconds=settings.pending_timeout_seconds),
+            trainer_events=trainer_events,
         )
     )
     if job is not None and desired.failure is not None and desired.failure.reason == UNSCHEDULABLE:
@@ -143,6 +154,40 @@ def _outdated_while_stopped(*, job: dict[str, Any], desired: dict[str, Any]) -> 
     wanted = desired["metadata"]["annotations"][JOB_SPEC_HASH_ANNOTATION]
     stopped = bool(job["spec"].get("suspend")) and not (job.get("status") or {}).get("active")
     return built_from is not None and built_from != wanted and stopped
+
+
+# A log tail is a few hundred short JSON lines; the cap guards against a trainer printing huge lines.
+LOG_TAIL_MAX_BYTES = 512 * 1024
+
+
+def _trainer_events(
+    kube: k8s.Kube, *, pods: list[dict[str, Any]], settings: OperatorSettings, logger: Logger
+) -> list[ProgressEvent]:
+    """Progress events from the newest started pod of completion index 0 (the rank that reports)."""
+    if not settings.progress_log_lines:
+        return []
+    rank0 = [
+        p
+        for p in pods
+        if (p["metadata"].get("annotations") or {}).get(COMPLETION_INDEX_ANNOTATION) == "0"
+        and (p.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed")
+    ]
+    if not rank0:
+        return []
+    pod = max(rank0, key=lambda p: str(p["metadata"].get("creationTimestamp") or ""))
+    try:
+        text = k8s.read_log_tail(
+            kube,
+            namespace=pod["metadata"]["namespace"],
+            pod=pod["metadata"]["name"],
+            container=TRAINER_CONTAINER,
+            lines=settings.progress_log_lines,
+            max_bytes=LOG_TAIL_MAX_BYTES,
+        )
+    except k8s.ApiError as err:  # no kubelet to ask (yet), or the node is gone: progress just stays put
+        logger.debug("no log from %s: %s", pod["metadata"]["name"], err)
+        return []
+    return events_from_log(text)
 
 
 def _sync_suspend(kube: k8s.Kube, *, job: dict[str, Any], suspend: bool, logger: Logger) -> dict[str, Any]:

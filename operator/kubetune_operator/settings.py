@@ -69,6 +69,15 @@ class OperatorSettings(BaseModel):
             "pods. The default is the test hook of the fake-kubelet test cluster (kwok), harmless elsewhere."
         ),
     )
+    progress_log_lines: int = Field(
+        default=200,
+        ge=0,
+        le=10000,
+        description=(
+            "Lines of rank 0's log read per reconcile for the trainer's progress events (status.progress "
+            "and status.metrics); 0 turns progress reporting off. The trainer prints one event per step."
+        ),
+    )
     namespaces: tuple[str, ...] = Field(default=(), description="Namespaces to watch; empty means the whole cluster.")
     metrics_port: int = Field(
         default=8080, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 disables it."

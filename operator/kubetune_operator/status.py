@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from kubetune.api.exit_codes import FATAL_EXIT_CODES, reason_for_exit_code
+from kubetune.api.progress import ProgressEvent
 from kubetune.api.status import (
     FAILED,
     RUNNING,
@@ -29,6 +30,7 @@ from kubetune.api.status import (
     Phase,
 )
 from kubetune_operator.builders.names import TRAINER_CONTAINER
+from kubetune_operator.progress import fold_events
 
 TERMINAL_PHASES: tuple[Phase, ...] = ("Succeeded", "Failed")
 INVALID_SPEC = "InvalidSpec"
@@ -76,6 +78,8 @@ class Observation:
     nodes: int
     suspend_requested: bool
     pending_timeout: timedelta
+    # Progress events from the log of rank 0, oldest first (empty when the log could not be read).
+    trainer_events: Sequence[ProgressEvent] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -291,6 +295,9 @@ def compute_status(obs: Observation) -> FineTuneJobStatus:
     if previous.phase in TERMINAL_PHASES:
         return previous
     outcome = _outcome(obs)
+    reported = fold_events(
+        obs.trainer_events, progress=previous.progress, metrics=previous.metrics, output=previous.output
+    )
     return FineTuneJobStatus(
         phase=outcome.phase,
         conditions=_conditions(obs, outcome),
@@ -298,10 +305,10 @@ def compute_status(obs: Observation) -> FineTuneJobStatus:
         job_name=previous.job_name if obs.job is None else str(obs.job["metadata"]["name"]),
         start_time=_start_time(obs, outcome),
         completion_time=previous.completion_time or outcome.completion_time,
-        progress=previous.progress,
-        metrics=previous.metrics,
+        progress=reported.progress,
+        metrics=reported.metrics,
         failure=outcome.failure,
-        output=previous.output,
+        output=reported.output,
     )
 
 
