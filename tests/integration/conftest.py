@@ -303,7 +303,12 @@ def ftjs(admin: Kube, namespace: str, operator: OperatorProcess) -> Iterator[Fin
         except ApiError as err:
             if err.status != 404:
                 raise
-    wait_for(lambda: jobs.everything("pods"), lambda pods: not pods, what="the test's pods to be gone", timeout=60)
+    try:
+        wait_for(lambda: jobs.everything("pods"), lambda pods: not pods, what="the test's pods to be gone", timeout=90)
+    except AssertionError:
+        leftovers = {plural: [o["metadata"] for o in jobs.everything(plural)] for plural in ("jobs",)}
+        leftovers["finetunejobs"] = [o["metadata"] for o in admin.request("GET", ftj_collection(namespace))["items"]]
+        raise AssertionError(f"left behind: {leftovers}") from None
 
 
 @pytest.fixture
