@@ -30,7 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 DATASET = REPO.parent / "shared" / "datasets" / "lamini_docs.jsonl"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CONFIGS = ("kubetune-packed", "kubetune-unpacked", "trl-defaults", "trl-same-settings")
-LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
+LORA_R = 16
+LORA_ALPHA = 32
+LORA_DROPOUT = 0.05
 LEARNING_RATE = 2e-4
 MAX_LENGTH = 512
 BATCH = 8
@@ -64,7 +66,8 @@ def make_gpu_model(into: Path) -> Path:
         eos_token_id=tokenizer.eos_token_id,
     )
     torch.manual_seed(0)
-    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(into)
+    model: Any = LlamaForCausalLM(config)
+    model.to(torch.bfloat16).save_pretrained(into)
     tokenizer.save_pretrained(into)
     return into
 
@@ -109,7 +112,7 @@ def run_kubetune(*, packing: bool, steps: int, device: str, model_dir: Path | No
                 "maxSeqLength": MAX_LENGTH,
                 "packing": packing,
             },
-            "method": {"type": "lora", "rank": LORA["r"], "alpha": LORA["alpha"], "dropout": LORA["dropout"]},
+            "method": {"type": "lora", "rank": LORA_R, "alpha": LORA_ALPHA, "dropout": LORA_DROPOUT},
             "hyperparameters": {
                 "maxSteps": steps,
                 "perDeviceBatchSize": BATCH,
@@ -152,7 +155,7 @@ def run_trl(*, defaults: bool, steps: int, device: str, model_dir: Path | None, 
     from datasets import load_dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]
 
     if device == "cpu":
         torch.set_num_threads(2)
@@ -184,8 +187,9 @@ def run_trl(*, defaults: bool, steps: int, device: str, model_dir: Path | None, 
 
     marks: list[tuple[float, float]] = []
 
-    class Timer(TrainerCallback):  # type: ignore[misc]
-        def on_log(self, _args: Any, state: Any, _control: Any, logs: Any = None, **_: Any) -> None:
+    class Timer(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            logs = kwargs.get("logs")
             if logs and "num_tokens" in logs:
                 marks.append((time.perf_counter(), float(logs["num_tokens"])))
 
@@ -195,9 +199,9 @@ def run_trl(*, defaults: bool, steps: int, device: str, model_dir: Path | None, 
         train_dataset=data,
         processing_class=tokenizer,
         peft_config=LoraConfig(
-            r=LORA["r"],
-            lora_alpha=LORA["alpha"],
-            lora_dropout=LORA["dropout"],
+            r=LORA_R,
+            lora_alpha=LORA_ALPHA,
+            lora_dropout=LORA_DROPOUT,
             target_modules="all-linear",
             task_type="CAUSAL_LM",
         ),
