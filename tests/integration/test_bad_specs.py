@@ -139,7 +139,7 @@ CASES = [
         "file-uri-relative", "spec.dataset.validation", "operator", {"dataset": {"validation": "file://data/val.jsonl"}}
     ),
     BadSpec("output-to-hf", "spec.output.destination", "operator", {"output": {"destination": "hf://org/name"}}),
-    BadSpec("name-starts-with-digit", "metadata.name", "operator", name="7b-finetune"),
+    BadSpec("name-starts-with-digit", "metadata.name", "api", name="7b-finetune"),
 ]
 
 

@@ -17,6 +17,7 @@ from kubetune.api.resource import (
     GROUP,
     KIND,
     MAX_NAME_LENGTH,
+    NAME_START_PATTERN,
     PLURAL,
     SHORT_NAMES,
     SINGULAR,
@@ -193,7 +194,11 @@ def build_crd() -> Schema:
             {
                 "rule": f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
                 "message": f"metadata.name must be at most {MAX_NAME_LENGTH} characters",
-            }
+            },
+            {
+                "rule": f"self.metadata.name.matches('{NAME_START_PATTERN}')",
+                "message": "metadata.name must start with a lowercase letter",
+            },
         ],
     }
     return {

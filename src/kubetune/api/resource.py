@@ -22,6 +22,9 @@ CATEGORIES = ("kubetune",)
 # Pods are named <job>-<index>-<5 random chars> and the headless Service's DNS names must stay valid
 # DNS-1035 labels (63 characters); 50 leaves room for the suffixes the builders add.
 MAX_NAME_LENGTH = 50
+# The headless Service is named after the FineTuneJob, and Service names are DNS-1035 labels: they must
+# start with a letter, which the Kubernetes object-name rules (DNS-1123 subdomains) do not require.
+NAME_START_PATTERN = "^[a-z]"
 
 
 class ObjectMeta(ApiModel):

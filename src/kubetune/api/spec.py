@@ -256,7 +256,10 @@ class Hyperparameters(ApiModel):
         }
     }
 
-    epochs: Annotated[int | Auto, _int_or_auto(minimum=1, maximum=100, field="epochs")] | None = Field(
+    epochs: (
+        Annotated[Annotated[int, Field(ge=1, le=100)] | Auto, _int_or_auto(minimum=1, maximum=100, field="epochs")]
+        | None
+    ) = Field(
         default=None,
         description="Passes over the training data, or auto (3, fewer for large datasets). Omit with maxSteps.",
     )
@@ -277,7 +280,11 @@ class Hyperparameters(ApiModel):
     )
     warmup_steps: int | None = Field(default=None, ge=0, description="Warmup steps instead of a ratio.")
     per_device_batch_size: (
-        Annotated[int | Auto, _int_or_auto(minimum=1, maximum=4096, field="perDeviceBatchSize")] | None
+        Annotated[
+            Annotated[int, Field(ge=1, le=4096)] | Auto,
+            _int_or_auto(minimum=1, maximum=4096, field="perDeviceBatchSize"),
+        ]
+        | None
     ) = Field(default=None, description="Examples (or packed rows) per GPU per micro-step, or auto.")
     gradient_accumulation_steps: int = Field(default=1, ge=1, le=1024, description="Micro-steps per optimizer step.")
     weight_decay: float = Field(default=0.0, ge=0, le=1, description="AdamW weight decay.")

@@ -6,6 +6,7 @@ the same message, naming the same field, wherever a mistake is caught.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from kubetune.api.resource import API_VERSION, KIND, MAX_NAME_LENGTH
+from kubetune.api.resource import API_VERSION, KIND, MAX_NAME_LENGTH, NAME_START_PATTERN
 from kubetune.api.spec import FineTuneJobSpec
 
 
@@ -52,6 +53,8 @@ def manifest_errors(obj: Mapping[str, Any]) -> list[str]:
         problems.append("metadata.name: required")
     elif len(name) > MAX_NAME_LENGTH:
         problems.append(f"metadata.name: must be at most {MAX_NAME_LENGTH} characters")
+    if name and not re.match(NAME_START_PATTERN, name):
+        problems.append("metadata.name: must start with a lowercase letter")
     spec = obj.get("spec")
     if not isinstance(spec, Mapping):
         problems.append("spec: required and must be a mapping")

@@ -46,6 +46,8 @@ def test_wire_form_is_camel_case_and_round_trips() -> None:
         ({"method": {"type": "lora", "quantization": {"bits": 4}}}, "spec.method", "only valid with method.type qlora"),
         ({"hyperparameters": {"epochs": 2, "maxSteps": 5}}, "spec.hyperparameters", "not both"),
         ({"hyperparameters": {"epochs": "many"}}, "spec.hyperparameters.epochs", ""),
+        ({"hyperparameters": {"epochs": 0}}, "spec.hyperparameters.epochs", "greater than or equal to 1"),
+        ({"hyperparameters": {"perDeviceBatchSize": 5000}}, "spec.hyperparameters.perDeviceBatchSize", "4096"),
         ({"hyperparameters": {"learningRate": 0}}, "spec.hyperparameters.learningRate", "greater than 0"),
         ({"method": {"rank": 0}}, "spec.method.rank", "greater than or equal to 1"),
         ({"method": {"type": "prefix"}}, "spec.method.type", "'lora', 'qlora', 'dora' or 'full'"),
@@ -74,6 +76,9 @@ def test_manifest_checks_name_length_and_kind() -> None:
     problems = manifest_errors({**obj, "spec": minimal_spec()})
     assert problems == ["metadata.name: must be at most 50 characters"]
     assert manifest_errors({**obj, "metadata": {"name": "ok"}, "spec": minimal_spec()}) == []
+    assert manifest_errors({**obj, "metadata": {"name": "1st-run"}, "spec": minimal_spec()}) == [
+        "metadata.name: must start with a lowercase letter"
+    ]
 
 
 def test_trainer_config_carries_the_spec_training_parts() -> None:
