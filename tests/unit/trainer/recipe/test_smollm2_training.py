@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -77,7 +78,7 @@ def test_qlora_trains_on_a_4bit_base_and_its_merged_16bit_output_loads_and_gener
     assert code == ExitCode.OK
     losses = _losses(events)
     assert losses[-1] < losses[0] - 0.2, losses
-    assert all(b < a for a, b in zip(losses, losses[1:], strict=False)), losses
+    assert all(b < a for a, b in itertools.pairwise(losses)), losses
     merged_dir = out / "merged"
     assert json.loads((merged_dir / "config.json").read_text())["dtype"] == "bfloat16"
     assert "quantization_config" not in json.loads((merged_dir / "config.json").read_text())
@@ -115,6 +116,6 @@ def test_dora_trains_with_falling_loss(
 
     assert code == ExitCode.OK
     losses = _losses(events)
-    assert all(b < a for a, b in zip(losses, losses[1:], strict=False)), losses
+    assert all(b < a for a, b in itertools.pairwise(losses)), losses
     adapter_config = json.loads((tmp_path / "out" / "adapter" / "adapter_config.json").read_text())
     assert adapter_config["use_dora"] is True
