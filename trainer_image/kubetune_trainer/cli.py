@@ -18,6 +18,7 @@ from kubetune.api.exit_codes import ExitCode, reason_for_exit_code
 from kubetune.api.progress import FailedEvent, StoppedEvent
 from kubetune.api.trainer_config import TrainerConfig, TrainerConfigError, load_trainer_config
 from kubetune.api.uris import PVC_MOUNT_ROOT
+from kubetune_trainer.launcher import record_exit_code
 from kubetune_trainer.reporting import JsonLinesReporter, Reporter
 from kubetune_trainer.signals import StopRequest
 
@@ -30,6 +31,12 @@ CACHE_DIR_ENV = "KUBETUNE_CACHE_DIR"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubetune-trainer", description="The kubetune fine-tuning trainer.")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser(
+        "launch",
+        help="run torchrun with the options before '--' and the trainer with those after, "
+        "exiting with the workers' exit code (see docs/trainer.md)",
+        add_help=False,
+    )
     train = sub.add_parser("train", help="fine-tune as the trainer config says")
     train.add_argument("--config", required=True, type=Path, help="trainer config (YAML or JSON)")
     train.add_argument(
@@ -45,7 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["launch"]:
+        from kubetune_trainer.launcher import launch
+
+        return launch(arguments[1:])
+    code = _train(build_parser().parse_args(arguments))
+    record_exit_code(code)
+    return code
+
+
+def _train(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     is_main = int(os.environ.get("RANK", "0")) == 0
     reporter = JsonLinesReporter(

@@ -212,3 +212,55 @@ def test_torchrun_two_cpu_ranks_train_in_step_and_match_the_single_process_loss(
     dist_eval = [e.eval_loss for e in events if e.event == "eval"]
     single_eval = [e.eval_loss for e in single_events if e.event == "eval"]
     assert dist_eval == pytest.approx(single_eval, rel=1e-4)
+
+
+def test_launch_gives_the_pod_exit_75_when_torchrun_workers_checkpoint_on_sigterm(
+    tiny_model_dir: Path,
+    lamini_subset: Callable[[int], Path],
+    tmp_path: Path,
+    config_factory: Callable[..., dict[str, Any]],
+) -> None:
+    """torchrun alone exits 1 on SIGTERM; ``launch`` reports the workers' 75."""
+    out = tmp_path / "out"
+    config = config_factory(
+        model_dir=tiny_model_dir,
+        data=lamini_subset(64),
+        output=out,
+        hyperparameters={"maxSteps": 400, "perDeviceBatchSize": 2},
+        checkpointing={"everySteps": 1000},
+    )
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(config), encoding="utf-8")
+    events = tmp_path / "events.jsonl"
+    command = [
+        sys.executable,
+        "-m",
+        "kubetune_trainer",
+        "launch",
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        "--",
+        "train",
+        "--config",
+        str(config_path),
+        "--events-file",
+        str(events),
+        "--no-stdout-events",
+        "--threads",
+        "1",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "KUBETUNE_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for_step(proc, events, 2)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+
+    assert proc.returncode == ExitCode.CHECKPOINTED_ON_SIGTERM, output[-3000:]
+    step = next(e.step for e in _read_events(events) if e.event == "stopped")
+    assert (out / "checkpoints" / f"step-{step:08d}" / "rng-rank00001.pt").is_file()
