@@ -130,8 +130,11 @@ class FineTuneRecipe:
         self.hp = self._resolve_hyperparameters()
         self._seed_everything(self.hp.seed)
         self.model = self._build_model()
-        self.optimizer = build_optimizer(self.model, hp=self.hp, device=self.runtime.device)
-        self.scheduler = build_scheduler(self.optimizer, hp=self.hp)
+        optimizer = build_optimizer(self.model, hp=self.hp, device=self.runtime.device)
+        self.scheduler = build_scheduler(optimizer, hp=self.hp)
+        # Through Accelerate so fp16's loss scaler unscales before clipping and skips overflowing steps;
+        # the scheduler stays ours (Accelerate's would step once per process).
+        self.optimizer = self.runtime.accelerator.prepare_optimizer(optimizer)
         self.loss_module = self.runtime.accelerator.prepare(LabelTokenLoss(self.model))
         self.checkpoints = CheckpointStore(
             self.output.child("checkpoints"),
@@ -185,7 +188,7 @@ class FineTuneRecipe:
             batch_size=self._batch_size,
             max_seq_length=self.config.dataset.max_seq_length,
             packing=self.config.dataset.packing,
-            seed=self.hp.seed if hasattr(self, "hp") else self.config.hyperparameters.seed,
+            seed=self.config.hyperparameters.seed,
             epoch=epoch,
         )
 
@@ -197,6 +200,8 @@ class FineTuneRecipe:
 
     def _build_model(self) -> Any:
         dtype = modeling.weight_dtype(self.config.model, precision=self.hp.precision)
+        if self.config.method.type == "full" and self.hp.precision == "fp16" and self.config.model.dtype == "auto":
+            dtype = torch.float32  # fp16 autocast needs fp32 master weights for the loss scaler
         quantization = None
         if self.config.method.type == "qlora":
             from kubetune.api.spec import QuantizationSpec
@@ -367,7 +372,9 @@ class FineTuneRecipe:
                 loss_sum += loss.detach().double()
         grad_norm = self._clip_gradients()
         global_loss = runtime.sum(float(loss_sum.item()))[0] / max(total_label_tokens, 1.0)
-        if not math.isfinite(global_loss) or (grad_norm is not None and not math.isfinite(grad_norm)):
+        # fp16 runs use a loss scaler that skips overflowing steps itself: an inf norm is normal there.
+        norm_diverged = grad_norm is not None and not math.isfinite(grad_norm) and self.hp.precision != "fp16"
+        if not math.isfinite(global_loss) or norm_diverged:
             what = "loss" if not math.isfinite(global_loss) else "gradient norm"
             raise DivergedError(
                 f"{what} became {global_loss if what == 'loss' else grad_norm} at step "
