@@ -92,6 +92,32 @@ def _download_s3_prefix(path: str, *, into: Path) -> Path:
     return into
 
 
+# Hub answers that retrying cannot change (wrong name or revision, no access, file absent); anything
+# else from the Hub (timeouts, 5xx, rate limits) stays an ordinary error: the Job retries the pod.
+_PERMANENT_HUB_ERRORS = (
+    "RepositoryNotFoundError",
+    "RevisionNotFoundError",
+    "GatedRepoError",
+    "EntryNotFoundError",
+    "RemoteEntryNotFoundError",
+    "DisabledRepoError",
+    "HFValidationError",
+)
+
+
+def is_permanent_load_error(err: BaseException, *, source: ModelSource) -> bool:
+    """True when loading failed for a reason a retry cannot fix: always for local files (the
+    directory is there but unusable), for the Hub only on the errors above (anywhere in the chain)."""
+    if Path(source.name_or_path).is_dir():
+        return True
+    seen: BaseException | None = err
+    while seen is not None:
+        if type(seen).__name__ in _PERMANENT_HUB_ERRORS or isinstance(seen, ValueError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def load_tokenizer(source: ModelSource) -> Any:
     """The tokenizer from the same source; pad falls back to EOS (masks go by position, not token id)."""
     from transformers import AutoTokenizer
@@ -99,6 +125,8 @@ def load_tokenizer(source: ModelSource) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.name_or_path, **source.pretrained_kwargs())
     except (OSError, ValueError) as err:
+        if not is_permanent_load_error(err, source=source):
+            raise
         raise ConfigError(f"model.source: cannot load a tokenizer from {source.uri}: {err}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -143,6 +171,8 @@ def load_model(
     try:
         model: Any = AutoModelForCausalLM.from_pretrained(source.name_or_path, dtype=dtype, **kwargs)
     except (OSError, ValueError) as err:
+        if not is_permanent_load_error(err, source=source):
+            raise
         raise ConfigError(f"model.source: cannot load a causal LM from {source.uri}: {err}") from None
     if source.gguf_file is not None:
         model = rebuild_plain(model)
