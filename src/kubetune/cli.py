@@ -49,10 +49,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def _cmd_train(rest: Sequence[str]) -> int:
+def _cmd_trainer(command: str, rest: Sequence[str]) -> int:
     from kubetune_trainer.cli import main as trainer_main
 
-    return trainer_main(["train", *rest])
+    code: int = trainer_main([command, *rest])
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,13 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=_cmd_validate)
 
     sub.add_parser("train", help="run the trainer locally: kubetune train --config FILE", add_help=False)
+    sub.add_parser(
+        "launch",
+        help="run the trainer under torchrun, exiting with the workers' code (used in trainer pods)",
+        add_help=False,
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list[:1] == ["train"]:
-        return _cmd_train(args_list[1:])
+    if args_list[:1] in (["train"], ["launch"]):
+        # The trainer parses its own arguments; pass them through untouched.
+        return _cmd_trainer(args_list[0], args_list[1:])
     args = build_parser().parse_args(args_list)
     code: int = args.func(args)
     return code

@@ -42,8 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     build = commands.add_parser("build", help="build or reuse the pinned binaries (cold: minutes)")
     build.add_argument("--force", action="store_true", help="rebuild even if the binaries exist")
     build.add_argument("--print-dir", action="store_true", help="print the binaries' directory")
-    build.add_argument("--prune", action="store_true",
-                       help="afterwards delete the Go module and build caches (~5 GiB), keep the binaries")
+    build.add_argument(
+        "--prune",
+        action="store_true",
+        help="afterwards delete the Go module and build caches (~5 GiB), keep the binaries",
+    )
     build.set_defaults(func=_build)
     up = commands.add_parser("up", help="start a control plane with fake GPU nodes until Ctrl-C")
     up.add_argument("--workdir", default=None, help="keep state here instead of a temp dir")

@@ -107,8 +107,7 @@ class _TreeSampler(threading.Thread):
                 _log(f"  ... {self.label}: {last_note - started:.0f}s, {current / 2**30:.1f} GiB in use")
 
 
-def run_go(args: list[str], *, cwd: Path, env: dict[str, str], step: str, log: Path,
-           report: BuildReport) -> str:
+def run_go(args: list[str], *, cwd: Path, env: dict[str, str], step: str, log: Path, report: BuildReport) -> str:
     """Run one go command, logging to ``log``; raise BuildError with the command and its error tail."""
     command = ["go", *args]
     _log(f"{step}: {' '.join(command)}")
@@ -116,8 +115,7 @@ def run_go(args: list[str], *, cwd: Path, env: dict[str, str], step: str, log: P
     with open(log, "ab") as sink:
         sink.write(f"\n$ (cd {cwd} && {' '.join(command)})\n".encode())
         sink.flush()
-        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         sampler = _TreeSampler(process.pid, step)
         sampler.start()
         assert process.stdout is not None
@@ -127,17 +125,19 @@ def run_go(args: list[str], *, cwd: Path, env: dict[str, str], step: str, log: P
         sampler.join()
         sink.write(output)
     seconds = time.monotonic() - started
-    report.steps.append(StepStats(step, round(seconds, 1), round(sampler.largest / 2**20, 1),
-                                  round(sampler.peak / 2**20, 1)))
+    report.steps.append(
+        StepStats(step, round(seconds, 1), round(sampler.largest / 2**20, 1), round(sampler.peak / 2**20, 1))
+    )
     text = output.decode(errors="replace")
     if code != 0:
         tail = "\n".join(text.splitlines()[-40:])
         hint = ""
         if code == -signal.SIGKILL or "signal: killed" in text:
-            hint = ("\nA process was killed by SIGKILL, most likely by the kernel's OOM killer. Free memory "
-                    "or build with fewer parallel jobs: KUBETUNE_GO_BUILD_JOBS=1.")
-        raise BuildError(f"{step} failed (exit {code}): cd {cwd} && {' '.join(command)}\n{tail}{hint}\n"
-                         f"full log: {log}")
+            hint = (
+                "\nA process was killed by SIGKILL, most likely by the kernel's OOM killer. Free memory "
+                "or build with fewer parallel jobs: KUBETUNE_GO_BUILD_JOBS=1."
+            )
+        raise BuildError(f"{step} failed (exit {code}): cd {cwd} && {' '.join(command)}\n{tail}{hint}\nfull log: {log}")
     _log(f"{step}: done in {seconds:.0f}s (peak {sampler.peak / 2**30:.2f} GiB across its processes)")
     return text
 
@@ -158,47 +158,83 @@ def _build_jobs() -> list[str]:
     return ["-p", jobs] if jobs else []
 
 
-def build_etcd(*, versions: Versions, work: Path, env: dict[str, str], out: Binaries, log: Path,
-               report: BuildReport) -> None:
+def build_etcd(
+    *, versions: Versions, work: Path, env: dict[str, str], out: Binaries, log: Path, report: BuildReport
+) -> None:
     module = work / "etcd"
     _write(module / "go.mod", gomod.etcd_gomod(versions))
     _write(module / "tools.go", gomod.ETCD_TOOLS_GO)
     run_go(["mod", "tidy"], cwd=module, env=env, step="etcd: resolve modules", log=log, report=report)
     tmp = out.directory / ".etcd.partial"
-    run_go(["build", *_build_jobs(), "-trimpath", "-ldflags=-s -w", "-o", str(tmp),
-            "go.etcd.io/etcd/server/v3"], cwd=module, env=env, step="etcd: build", log=log, report=report)
+    run_go(
+        ["build", *_build_jobs(), "-trimpath", "-ldflags=-s -w", "-o", str(tmp), "go.etcd.io/etcd/server/v3"],
+        cwd=module,
+        env=env,
+        step="etcd: build",
+        log=log,
+        report=report,
+    )
     _install(tmp, out.etcd)
 
 
-def build_kwok(*, versions: Versions, work: Path, env: dict[str, str], out: Binaries, log: Path,
-               report: BuildReport) -> None:
+def build_kwok(
+    *, versions: Versions, work: Path, env: dict[str, str], out: Binaries, log: Path, report: BuildReport
+) -> None:
     module = work / "kwok"
     _write(module / "go.mod", gomod.kwok_gomod(versions))
     _write(module / "tools.go", gomod.KWOK_TOOLS_GO)
     run_go(["mod", "tidy"], cwd=module, env=env, step="kwok: resolve modules", log=log, report=report)
     tmp = out.directory / ".kwok.partial"
-    run_go(["build", *_build_jobs(), "-trimpath", "-ldflags=-s -w", "-o", str(tmp),
-            "sigs.k8s.io/kwok/cmd/kwok"], cwd=module, env=env, step="kwok: build", log=log, report=report)
+    run_go(
+        ["build", *_build_jobs(), "-trimpath", "-ldflags=-s -w", "-o", str(tmp), "sigs.k8s.io/kwok/cmd/kwok"],
+        cwd=module,
+        env=env,
+        step="kwok: build",
+        log=log,
+        report=report,
+    )
     _install(tmp, out.kwok)
 
 
-def build_kube(*, versions: Versions, work: Path, env: dict[str, str], out: Binaries, log: Path,
-               report: BuildReport) -> None:
+def build_kube(
+    *, versions: Versions, work: Path, env: dict[str, str], out: Binaries, log: Path, report: BuildReport
+) -> None:
     module = work / "kube"
     module.mkdir(parents=True, exist_ok=True)
-    info = json.loads(run_go(["mod", "download", "-json", f"k8s.io/kubernetes@{versions.kubernetes}"],
-                             cwd=module, env=env, step="kube: download k8s.io/kubernetes", log=log,
-                             report=report))
+    info = json.loads(
+        run_go(
+            ["mod", "download", "-json", f"k8s.io/kubernetes@{versions.kubernetes}"],
+            cwd=module,
+            env=env,
+            step="kube: download k8s.io/kubernetes",
+            log=log,
+            report=report,
+        )
+    )
     staging = gomod.staging_modules(Path(info["GoMod"]).read_text())
     _log(f"kube: replacing {len(staging)} staging modules with {versions.staging}")
     _write(module / "go.mod", gomod.kube_gomod(versions=versions, staging=staging))
     _write(module / "main.go", gomod.KUBE_MAIN)
     run_go(["mod", "tidy"], cwd=module, env=env, step="kube: resolve modules", log=log, report=report)
     tmp = out.directory / ".kube.partial"
-    run_go(["build", *_build_jobs(), "-trimpath", "-tags", "selinux,notest",
-            f"-ldflags={gomod.kube_ldflags(versions)}", "-o", str(tmp), "."],
-           cwd=module, env=env, step="kube: build (apiserver+controller-manager+scheduler+kubectl)",
-           log=log, report=report)
+    run_go(
+        [
+            "build",
+            *_build_jobs(),
+            "-trimpath",
+            "-tags",
+            "selinux,notest",
+            f"-ldflags={gomod.kube_ldflags(versions)}",
+            "-o",
+            str(tmp),
+            ".",
+        ],
+        cwd=module,
+        env=env,
+        step="kube: build (apiserver+controller-manager+scheduler+kubectl)",
+        log=log,
+        report=report,
+    )
     _install(tmp, out.kube)
     link_programs(out)
 
@@ -226,8 +262,7 @@ def _locked(path: Path) -> Iterator[None]:
 
 def _check_go() -> None:
     if shutil.which("go") is None:
-        raise BuildError("the Go toolchain ('go') is not on PATH; install Go >= 1.26 to build the test "
-                         "control plane")
+        raise BuildError("the Go toolchain ('go') is not on PATH; install Go >= 1.26 to build the test control plane")
 
 
 def build(*, versions: Versions = PINNED, force: bool = False) -> Binaries:
@@ -256,8 +291,10 @@ def build(*, versions: Versions = PINNED, force: bool = False) -> Binaries:
         _log(f"all binaries built in {total:.0f}s")
         (work / "build-stats.json").write_text(report.as_json())
         for stats in report.steps:
-            _log(f"  {stats.name}: {stats.seconds}s, largest process {stats.largest_process_mib} MiB, "
-                 f"peak sum {stats.peak_tree_rss_mib} MiB")
+            _log(
+                f"  {stats.name}: {stats.seconds}s, largest process {stats.largest_process_mib} MiB, "
+                f"peak sum {stats.peak_tree_rss_mib} MiB"
+            )
     return out
 
 

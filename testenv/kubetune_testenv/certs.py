@@ -46,8 +46,7 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 
 def _ec_key(path: Path) -> None:
-    _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", path.name,
-             cwd=path.parent)
+    _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", path.name, cwd=path.parent)
     path.chmod(0o600)
 
 
@@ -59,8 +58,25 @@ def _signed_cert(*, directory: Path, name: str, subject: str, extensions: list[s
     ext.write_text("\n".join(extensions) + "\n")
     csr = directory / f"{name}.csr"
     _openssl("req", "-new", "-key", key.name, "-subj", subject, "-out", csr.name, cwd=directory)
-    _openssl("x509", "-req", "-in", csr.name, "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-             "-days", str(VALID_DAYS), "-sha256", "-extfile", ext.name, "-out", cert.name, cwd=directory)
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        csr.name,
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        str(VALID_DAYS),
+        "-sha256",
+        "-extfile",
+        ext.name,
+        "-out",
+        cert.name,
+        cwd=directory,
+    )
     csr.unlink()
     ext.unlink()
     return cert, key
@@ -70,24 +86,57 @@ def create_pki(directory: Path) -> Pki:
     """Create a CA, the apiserver's serving cert, an admin client cert and the service-account key pair."""
     directory.mkdir(parents=True, exist_ok=True)
     _ec_key(directory / "ca.key")
-    _openssl("req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=kubetune-test-ca", "-days",
-             str(VALID_DAYS), "-sha256", "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-out", "ca.crt", cwd=directory)
+    _openssl(
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        "ca.key",
+        "-subj",
+        "/CN=kubetune-test-ca",
+        "-days",
+        str(VALID_DAYS),
+        "-sha256",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-out",
+        "ca.crt",
+        cwd=directory,
+    )
     serving_cert, serving_key = _signed_cert(
-        directory=directory, name="apiserver", subject="/CN=kube-apiserver",
-        extensions=["basicConstraints=critical,CA:FALSE",
-                    "keyUsage=critical,digitalSignature,keyEncipherment",
-                    "extendedKeyUsage=serverAuth",
-                    "subjectAltName=" + ",".join(APISERVER_SANS)])
+        directory=directory,
+        name="apiserver",
+        subject="/CN=kube-apiserver",
+        extensions=[
+            "basicConstraints=critical,CA:FALSE",
+            "keyUsage=critical,digitalSignature,keyEncipherment",
+            "extendedKeyUsage=serverAuth",
+            "subjectAltName=" + ",".join(APISERVER_SANS),
+        ],
+    )
     # O=system:masters is bound to cluster-admin by the apiserver's bootstrap RBAC policy.
     admin_cert, admin_key = _signed_cert(
-        directory=directory, name="admin", subject="/O=system:masters/CN=admin",
-        extensions=["basicConstraints=critical,CA:FALSE",
-                    "keyUsage=critical,digitalSignature,keyEncipherment",
-                    "extendedKeyUsage=clientAuth"])
+        directory=directory,
+        name="admin",
+        subject="/O=system:masters/CN=admin",
+        extensions=[
+            "basicConstraints=critical,CA:FALSE",
+            "keyUsage=critical,digitalSignature,keyEncipherment",
+            "extendedKeyUsage=clientAuth",
+        ],
+    )
     sa_key = directory / "sa.key"
     _ec_key(sa_key)
     _openssl("pkey", "-in", sa_key.name, "-pubout", "-out", "sa.pub", cwd=directory)
-    return Pki(ca_cert=directory / "ca.crt", ca_key=directory / "ca.key", serving_cert=serving_cert,
-               serving_key=serving_key, admin_cert=admin_cert, admin_key=admin_key,
-               service_account_key=sa_key, service_account_pub=directory / "sa.pub")
+    return Pki(
+        ca_cert=directory / "ca.crt",
+        ca_key=directory / "ca.key",
+        serving_cert=serving_cert,
+        serving_key=serving_key,
+        admin_cert=admin_cert,
+        admin_key=admin_key,
+        service_account_key=sa_key,
+        service_account_pub=directory / "sa.pub",
+    )

@@ -46,7 +46,8 @@ def new_api_client(kubeconfig_path: Path) -> ApiClient:
 
     configuration = client.Configuration()
     config.load_kube_config(  # type: ignore[no-untyped-call]
-        config_file=str(kubeconfig_path), client_configuration=configuration, persist_config=False)
+        config_file=str(kubeconfig_path), client_configuration=configuration, persist_config=False
+    )
     return client.ApiClient(configuration)
 
 
@@ -79,14 +80,18 @@ class Cluster:
         from kubernetes import client
 
         request = client.AuthenticationV1TokenRequest(
-            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=expiration_seconds))
+            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=expiration_seconds)
+        )
         with self.api_client() as api:
             response = client.CoreV1Api(api).create_namespaced_service_account_token(name, namespace, request)
         if response.status is None or not response.status.token:
             raise RuntimeError(f"TokenRequest for {namespace}/{name} returned no token")
         config = kubeconfig.token_kubeconfig(
-            base=kubeconfig.read(self.kubeconfig_path), base_dir=self.kubeconfig_path.parent,
-            user=f"system:serviceaccount:{namespace}:{name}", token=response.status.token)
+            base=kubeconfig.read(self.kubeconfig_path),
+            base_dir=self.kubeconfig_path.parent,
+            user=f"system:serviceaccount:{namespace}:{name}",
+            token=response.status.token,
+        )
         return kubeconfig.write(config, self._scratch / "kubeconfigs" / f"sa-{namespace}-{name}.yaml")
 
     def sa_api_client(self, namespace: str, name: str) -> ApiClient:
@@ -124,8 +129,9 @@ def remove_stale_workdirs(parent: Path | None = None) -> list[Path]:
 class ControlPlane(Cluster):
     """Start with ``start()`` (or ``with ControlPlane() as cp``); ``stop()`` removes every process and file."""
 
-    def __init__(self, *, settings: Settings | None = None, bins: Binaries | None = None,
-                 workdir: Path | None = None) -> None:
+    def __init__(
+        self, *, settings: Settings | None = None, bins: Binaries | None = None, workdir: Path | None = None
+    ) -> None:
         self.settings = settings or Settings()
         self.binaries = bins or binaries()
         self._own_workdir = workdir is None
@@ -146,23 +152,31 @@ class ControlPlane(Cluster):
             missing = self.binaries.missing()
             if missing:
                 raise BinariesMissingError(
-                    "control plane binaries are missing: " + ", ".join(str(path) for path in missing)
+                    "control plane binaries are missing: "
+                    + ", ".join(str(path) for path in missing)
                     + "\nBuild them once (cold build takes minutes): testenv/build-binaries.sh "
-                    "or python -m kubetune_testenv build")
+                    "or python -m kubetune_testenv build"
+                )
             pki = certs.create_pki(self.workdir / "pki")
             etcd_url = self._start_etcd()
             self._start_apiserver(pki, etcd_url)
-            kubeconfig.write(kubeconfig.admin_kubeconfig(
-                server=self.server, ca_cert=pki.ca_cert, client_cert=pki.admin_cert,
-                client_key=pki.admin_key), self.kubeconfig_path)
+            kubeconfig.write(
+                kubeconfig.admin_kubeconfig(
+                    server=self.server, ca_cert=pki.ca_cert, client_cert=pki.admin_cert, client_key=pki.admin_key
+                ),
+                self.kubeconfig_path,
+            )
             self._start_controllers(pki)
             self._create_nodes()
             self._wait_for_cluster()
         except BaseException:
             self.stop()
             raise
-        print(f"kubetune_testenv: control plane up in {time.monotonic() - started:.1f}s, "
-              f"kubeconfig {self.kubeconfig_path}", file=sys.stderr)
+        print(
+            f"kubetune_testenv: control plane up in {time.monotonic() - started:.1f}s, "
+            f"kubeconfig {self.kubeconfig_path}",
+            file=sys.stderr,
+        )
         return self
 
     def stop(self) -> None:
@@ -191,43 +205,55 @@ class ControlPlane(Cluster):
     def _start_etcd(self) -> str:
         client_port, peer_port = processes.free_port(), processes.free_port()
         client_url, peer_url = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
-        etcd = self._spawn("etcd", [
-            str(self.binaries.etcd), "--name=kubetune-test",
-            f"--data-dir={self.workdir / 'etcd'}",
-            f"--listen-client-urls={client_url}", f"--advertise-client-urls={client_url}",
-            f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
-            f"--initial-cluster=kubetune-test={peer_url}",
-            "--unsafe-no-fsync=true",  # test data is thrown away; fsync only costs time
-            "--log-level=warn",
-        ])
+        etcd = self._spawn(
+            "etcd",
+            [
+                str(self.binaries.etcd),
+                "--name=kubetune-test",
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls={client_url}",
+                f"--advertise-client-urls={client_url}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=kubetune-test={peer_url}",
+                "--unsafe-no-fsync=true",  # test data is thrown away; fsync only costs time
+                "--log-level=warn",
+            ],
+        )
 
         def healthy() -> bool:
             with urllib.request.urlopen(f"{client_url}/health", timeout=2) as response:
                 return bool(json.load(response).get("health") == "true")
 
-        processes.wait_until(healthy, timeout=self.settings.startup_timeout_s, what="etcd /health",
-                             process=etcd)
+        processes.wait_until(healthy, timeout=self.settings.startup_timeout_s, what="etcd /health", process=etcd)
         return client_url
 
     def _start_apiserver(self, pki: certs.Pki, etcd_url: str) -> None:
         port = processes.free_port()
         self.server = f"https://127.0.0.1:{port}"
-        apiserver = self._spawn("kube-apiserver", [
-            str(self.binaries.kube), "apiserver",
-            f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={port}",
-            f"--tls-cert-file={pki.serving_cert}", f"--tls-private-key-file={pki.serving_key}",
-            f"--client-ca-file={pki.ca_cert}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
-            f"--service-account-key-file={pki.service_account_pub}",
-            f"--service-account-signing-key-file={pki.service_account_key}",
-            "--authorization-mode=Node,RBAC",
-            "--allow-privileged=true",
-            # The kubernetes Service's Endpoints may not point at loopback; nothing in tests needs it.
-            "--endpoint-reconciler-type=none",
-            "--profiling=false",
-        ])
+        apiserver = self._spawn(
+            "kube-apiserver",
+            [
+                str(self.binaries.kube),
+                "apiserver",
+                f"--etcd-servers={etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={port}",
+                f"--tls-cert-file={pki.serving_cert}",
+                f"--tls-private-key-file={pki.serving_key}",
+                f"--client-ca-file={pki.ca_cert}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+                f"--service-account-key-file={pki.service_account_pub}",
+                f"--service-account-signing-key-file={pki.service_account_key}",
+                "--authorization-mode=Node,RBAC",
+                "--allow-privileged=true",
+                # The kubernetes Service's Endpoints may not point at loopback; nothing in tests needs it.
+                "--endpoint-reconciler-type=none",
+                "--profiling=false",
+            ],
+        )
         context = ssl.create_default_context(cafile=str(pki.ca_cert))
         context.load_cert_chain(str(pki.admin_cert), str(pki.admin_key))
 
@@ -235,34 +261,57 @@ class ControlPlane(Cluster):
             with urllib.request.urlopen(f"{self.server}/readyz", timeout=5, context=context) as response:
                 return bool(response.status == 200)
 
-        processes.wait_until(ready, timeout=self.settings.startup_timeout_s, what="kube-apiserver /readyz",
-                             process=apiserver, interval=0.5)
+        processes.wait_until(
+            ready,
+            timeout=self.settings.startup_timeout_s,
+            what="kube-apiserver /readyz",
+            process=apiserver,
+            interval=0.5,
+        )
 
     def _start_controllers(self, pki: certs.Pki) -> None:
         admin = str(self.kubeconfig_path)
-        self._spawn("kube-controller-manager", [
-            str(self.binaries.kube), "controller-manager",
-            f"--kubeconfig={admin}", "--leader-elect=false",
-            "--bind-address=127.0.0.1", "--secure-port=0",
-            f"--service-account-private-key-file={pki.service_account_key}",
-            f"--root-ca-file={pki.ca_cert}",
-            "--use-service-account-credentials=false",
-        ])
-        self._spawn("kube-scheduler", [
-            str(self.binaries.kube), "scheduler",
-            f"--kubeconfig={admin}", "--leader-elect=false",
-            "--bind-address=127.0.0.1", "--secure-port=0",
-        ])
-        stage_file = stages.write_stages(self.workdir / "kwok-stages.yaml",
-                                         default_run_for_ms=self.settings.default_run_for_ms)
-        self._spawn("kwok", [
-            str(self.binaries.kwok),
-            f"--kubeconfig={admin}", f"--config={stage_file}",
-            "--manage-all-nodes=false",
-            f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}={KWOK_NODE_ANNOTATION_VALUE}",
-            f"--cidr={POD_CIDR}", f"--node-ip={FAKE_NODE_IP}",
-            "--node-lease-duration-seconds=40",  # kwok renews each node's Lease, as a kubelet does
-        ])
+        self._spawn(
+            "kube-controller-manager",
+            [
+                str(self.binaries.kube),
+                "controller-manager",
+                f"--kubeconfig={admin}",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                "--secure-port=0",
+                f"--service-account-private-key-file={pki.service_account_key}",
+                f"--root-ca-file={pki.ca_cert}",
+                "--use-service-account-credentials=false",
+            ],
+        )
+        self._spawn(
+            "kube-scheduler",
+            [
+                str(self.binaries.kube),
+                "scheduler",
+                f"--kubeconfig={admin}",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                "--secure-port=0",
+            ],
+        )
+        stage_file = stages.write_stages(
+            self.workdir / "kwok-stages.yaml", default_run_for_ms=self.settings.default_run_for_ms
+        )
+        self._spawn(
+            "kwok",
+            [
+                str(self.binaries.kwok),
+                f"--kubeconfig={admin}",
+                f"--config={stage_file}",
+                "--manage-all-nodes=false",
+                f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}={KWOK_NODE_ANNOTATION_VALUE}",
+                f"--cidr={POD_CIDR}",
+                f"--node-ip={FAKE_NODE_IP}",
+                "--node-lease-duration-seconds=40",  # kwok renews each node's Lease, as a kubelet does
+            ],
+        )
 
     def _create_nodes(self) -> None:
         from kubernetes import client
@@ -282,8 +331,9 @@ class ControlPlane(Cluster):
             def usable(node: client.V1Node) -> bool:
                 conditions = node.status.conditions if node.status else None
                 taints = node.spec.taints if node.spec else None
-                return (any(c.type == "Ready" and c.status == "True" for c in conditions or [])
-                        and not any(t.key.startswith("node.kubernetes.io/") for t in taints or []))
+                return any(c.type == "Ready" and c.status == "True" for c in conditions or []) and not any(
+                    t.key.startswith("node.kubernetes.io/") for t in taints or []
+                )
 
             def nodes_ready() -> bool:
                 ready = {node.metadata.name for node in core.list_node().items if node.metadata and usable(node)}
@@ -308,8 +358,12 @@ class ControlPlane(Cluster):
 
     def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run the bundled kubectl against this cluster."""
-        return subprocess.run([str(self.binaries.kube), "kubectl", f"--kubeconfig={self.kubeconfig_path}",
-                               *args], capture_output=True, text=True, check=check)
+        return subprocess.run(
+            [str(self.binaries.kube), "kubectl", f"--kubeconfig={self.kubeconfig_path}", *args],
+            capture_output=True,
+            text=True,
+            check=check,
+        )
 
     def log_path(self, component: str) -> Path:
         return self.workdir / "logs" / f"{component}.log"
@@ -338,8 +392,7 @@ def run_until_interrupted(*, workdir: str | None) -> int:
         print("Ctrl-C stops the control plane and removes its files.", flush=True)
         while not plane.dead_components():
             time.sleep(1)
-        print(f"error: {', '.join(plane.dead_components())} exited; see {plane.workdir / 'logs'}",
-              file=sys.stderr)
+        print(f"error: {', '.join(plane.dead_components())} exited; see {plane.workdir / 'logs'}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0

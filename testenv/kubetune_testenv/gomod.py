@@ -95,8 +95,7 @@ func main() {
 def kube_ldflags(versions: Versions) -> str:
     """Stamp the version the way upstream's hack/lib/version.sh does (unstamped builds say v0.0.0)."""
     major, minor = versions.kube_major_minor
-    stamps = {"gitVersion": versions.kubernetes, "gitMajor": major, "gitMinor": minor,
-              "gitTreeState": "clean"}
+    stamps = {"gitVersion": versions.kubernetes, "gitMajor": major, "gitMinor": minor, "gitTreeState": "clean"}
     flags = ["-s", "-w"]
     for package in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
         flags += [f"-X {package}.{name}={value}" for name, value in stamps.items()]
@@ -105,25 +104,29 @@ def kube_ldflags(versions: Versions) -> str:
 
 def etcd_gomod(versions: Versions) -> str:
     """etcd's server go.mod replaces its sibling modules with ../api etc., so wrap it too."""
-    return "\n".join([
-        "module kubetune.test/etcd",
-        "",
-        f"go {WRAPPER_GO}",
-        "",
-        f"require go.etcd.io/etcd/server/v3 {versions.etcd}",
-        "",
-    ])
+    return "\n".join(
+        [
+            "module kubetune.test/etcd",
+            "",
+            f"go {WRAPPER_GO}",
+            "",
+            f"require go.etcd.io/etcd/server/v3 {versions.etcd}",
+            "",
+        ]
+    )
 
 
 def kwok_gomod(versions: Versions) -> str:
-    return "\n".join([
-        "module kubetune.test/kwok",
-        "",
-        f"go {WRAPPER_GO}",
-        "",
-        f"require sigs.k8s.io/kwok {versions.kwok}",
-        "",
-    ])
+    return "\n".join(
+        [
+            "module kubetune.test/kwok",
+            "",
+            f"go {WRAPPER_GO}",
+            "",
+            f"require sigs.k8s.io/kwok {versions.kwok}",
+            "",
+        ]
+    )
 
 
 # Blank import so `go mod tidy` keeps the requirement; the binary is built by package path.

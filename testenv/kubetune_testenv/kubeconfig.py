@@ -15,13 +15,17 @@ def _b64(path: Path) -> str:
 
 def admin_kubeconfig(*, server: str, ca_cert: Path, client_cert: Path, client_key: Path) -> dict[str, Any]:
     """A self-contained kubeconfig (certificates embedded) for the system:masters admin user."""
-    return _kubeconfig(server=server, ca_data=_b64(ca_cert), user="admin",
-                       credentials={"client-certificate-data": _b64(client_cert),
-                                    "client-key-data": _b64(client_key)})
+    return _kubeconfig(
+        server=server,
+        ca_data=_b64(ca_cert),
+        user="admin",
+        credentials={"client-certificate-data": _b64(client_cert), "client-key-data": _b64(client_key)},
+    )
 
 
-def _kubeconfig(*, server: str, ca_data: str | None, user: str, credentials: dict[str, str],
-                insecure: bool = False) -> dict[str, Any]:
+def _kubeconfig(
+    *, server: str, ca_data: str | None, user: str, credentials: dict[str, str], insecure: bool = False
+) -> dict[str, Any]:
     cluster: dict[str, Any] = {"server": server}
     if ca_data:
         cluster["certificate-authority-data"] = ca_data
@@ -52,8 +56,7 @@ def _current_cluster(config: dict[str, Any], base_dir: Path) -> tuple[str, str |
 def token_kubeconfig(*, base: dict[str, Any], base_dir: Path, user: str, token: str) -> dict[str, Any]:
     """A kubeconfig for the same cluster as ``base``'s current context, authenticating with ``token``."""
     server, ca_data, insecure = _current_cluster(base, base_dir)
-    return _kubeconfig(server=server, ca_data=ca_data, user=user, credentials={"token": token},
-                       insecure=insecure)
+    return _kubeconfig(server=server, ca_data=ca_data, user=user, credentials={"token": token}, insecure=insecure)
 
 
 def write(config: dict[str, Any], path: Path) -> Path:

@@ -28,38 +28,44 @@ class NodePool:
 
 # Shapes of real machines: 8 x H100 80GB (p5.48xlarge-like) and 1 x L4 (g6.4xlarge-like).
 DEFAULT_POOLS = (
-    NodePool(name="gpu-h100", count=4, gpus=8, gpu_product="NVIDIA-H100-80GB-HBM3", cpu="192",
-             memory="2000Gi"),
+    NodePool(name="gpu-h100", count=4, gpus=8, gpu_product="NVIDIA-H100-80GB-HBM3", cpu="192", memory="2000Gi"),
     NodePool(name="gpu-l4", count=2, gpus=1, gpu_product="NVIDIA-L4", cpu="16", memory="64Gi"),
 )
 
 
 def node_manifests(pool: NodePool) -> list[dict[str, Any]]:
     """Node objects with capacity = allocatable; kwok's node-initialize stage keeps them."""
-    resources = {"cpu": pool.cpu, "memory": pool.memory, "pods": pool.pods,
-                 "ephemeral-storage": pool.ephemeral_storage, GPU_RESOURCE: str(pool.gpus)}
+    resources = {
+        "cpu": pool.cpu,
+        "memory": pool.memory,
+        "pods": pool.pods,
+        "ephemeral-storage": pool.ephemeral_storage,
+        GPU_RESOURCE: str(pool.gpus),
+    }
     manifests = []
     for index in range(pool.count):
         name = f"{pool.name}-{index}"
-        manifests.append({
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {
-                "name": name,
-                "annotations": {KWOK_NODE_ANNOTATION: KWOK_NODE_ANNOTATION_VALUE},
-                "labels": {
-                    "kubernetes.io/hostname": name,
-                    "kubernetes.io/os": "linux",
-                    "kubernetes.io/arch": "amd64",
-                    "node.kubernetes.io/pool": pool.name,
-                    "type": "kwok",
-                    GPU_PRODUCT_LABEL: pool.gpu_product,
-                    "nvidia.com/gpu.count": str(pool.gpus),
+        manifests.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": name,
+                    "annotations": {KWOK_NODE_ANNOTATION: KWOK_NODE_ANNOTATION_VALUE},
+                    "labels": {
+                        "kubernetes.io/hostname": name,
+                        "kubernetes.io/os": "linux",
+                        "kubernetes.io/arch": "amd64",
+                        "node.kubernetes.io/pool": pool.name,
+                        "type": "kwok",
+                        GPU_PRODUCT_LABEL: pool.gpu_product,
+                        "nvidia.com/gpu.count": str(pool.gpus),
+                    },
                 },
-            },
-            "spec": {},
-            "status": {"capacity": dict(resources), "allocatable": dict(resources)},
-        })
+                "spec": {},
+                "status": {"capacity": dict(resources), "allocatable": dict(resources)},
+            }
+        )
     return manifests
 
 

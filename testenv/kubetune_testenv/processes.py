@@ -41,8 +41,7 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 class ManagedProcess:
     """One long-running binary, its log file and its process group."""
 
-    def __init__(self, name: str, argv: Sequence[str], *, log_path: Path,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(self, name: str, argv: Sequence[str], *, log_path: Path, env: dict[str, str] | None = None) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
@@ -50,9 +49,15 @@ class ManagedProcess:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:
             # PR_SET_PDEATHSIG fires when the *thread* that forked exits; start from long-lived threads.
-            self.popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                          stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                          preexec_fn=_die_with_parent)
+            self.popen = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
         with _live_lock:
             _live.append(self)
 
@@ -138,14 +143,22 @@ def free_port() -> int:
         return port
 
 
-def wait_until(check: Callable[[], bool], *, timeout: float, interval: float = 0.2,
-               what: str, process: ManagedProcess | None = None) -> None:
+def wait_until(
+    check: Callable[[], bool],
+    *,
+    timeout: float,
+    interval: float = 0.2,
+    what: str,
+    process: ManagedProcess | None = None,
+) -> None:
     """Poll ``check`` until it is true; fail early if ``process`` died, with its log tail."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and not process.alive():
-            raise RuntimeError(f"{process.name} exited with code {process.popen.returncode} while waiting "
-                               f"for {what}; log {process.log_path}:\n{process.log_tail()}")
+            raise RuntimeError(
+                f"{process.name} exited with code {process.popen.returncode} while waiting "
+                f"for {what}; log {process.log_path}:\n{process.log_tail()}"
+            )
         try:
             if check():
                 return

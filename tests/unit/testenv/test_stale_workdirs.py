@@ -12,8 +12,11 @@ from kubetune_testenv.cluster import OWNER_FILE, WORKDIR_PREFIX, remove_stale_wo
 def test_only_work_dirs_of_dead_owners_are_removed(tmp_path: Path) -> None:
     dead_pid = subprocess.Popen(["true"])
     dead_pid.wait()
-    stale, live, foreign = (tmp_path / f"{WORKDIR_PREFIX}stale", tmp_path / f"{WORKDIR_PREFIX}live",
-                            tmp_path / f"{WORKDIR_PREFIX}no-owner")
+    stale, live, foreign = (
+        tmp_path / f"{WORKDIR_PREFIX}stale",
+        tmp_path / f"{WORKDIR_PREFIX}live",
+        tmp_path / f"{WORKDIR_PREFIX}no-owner",
+    )
     for directory in (stale, live, foreign):
         directory.mkdir()
     (stale / OWNER_FILE).write_text(str(dead_pid.pid))

@@ -218,8 +218,8 @@ def _json_records(uri: str, text: str) -> Iterator[RawRecord]:
 
 
 def _parquet_records(uri: str, content: bytes) -> Iterator[RawRecord]:
-    import pyarrow as pa  # type: ignore[import-untyped]
-    import pyarrow.parquet as pq  # type: ignore[import-untyped]
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     try:
         rows = pq.read_table(io.BytesIO(content)).to_pylist()

@@ -38,3 +38,10 @@ def test_validate_names_the_bad_field_and_document(tmp_path: Path, capsys: pytes
     assert main(["validate", str(path)]) == 1
     err = capsys.readouterr().err
     assert "document 1: spec.method.rank" in err and "document 0" not in err
+
+
+def test_train_and_launch_pass_their_arguments_to_the_trainer(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    assert "--config" in capsys.readouterr().out
