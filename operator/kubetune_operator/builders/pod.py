@@ -1,8 +1,9 @@
 """The trainer pod template: container, rendezvous env, credentials, volumes, scheduling, security.
 
-The trainer's launch contract (``docs/trainer.md``): torchrun starts ``python -m kubetune_trainer train
---config <file>`` on every node; torchrun reads the rendezvous from its flags, which Kubernetes expands
-from the pod's env (``$(VAR)``).
+The trainer's launch contract (``docs/trainer.md``): ``python -m kubetune_trainer launch <torchrun flags>
+-- train --config <file>`` on every node. ``launch`` wraps torchrun so the pod exits with the workers'
+code (torchrun alone exits 1 on SIGTERM, which would hide the exit-code contract from podFailurePolicy);
+the flags come from the pod's env, which Kubernetes expands (``$(VAR)``).
 """
 
 from __future__ import annotations
@@ -39,14 +40,16 @@ def master_addr(*, ftj: FineTuneJob) -> str:
 
 def trainer_command() -> list[str]:
     return [
-        "torchrun",
+        "python",
+        "-m",
+        "kubetune_trainer",
+        "launch",
         "--nnodes=$(NNODES)",
         "--nproc-per-node=$(NPROC_PER_NODE)",
         "--node-rank=$(NODE_RANK)",
         "--master-addr=$(MASTER_ADDR)",
         "--master-port=$(MASTER_PORT)",
-        "-m",
-        "kubetune_trainer",
+        "--",
         "train",
         "--config",
         f"{CONFIG_MOUNT_PATH}/{CONFIG_FILE_NAME}",

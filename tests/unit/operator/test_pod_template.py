@@ -54,8 +54,10 @@ def test_multi_node_pods_rendezvous_with_pod_zero_through_the_headless_service(m
     }
     assert pod_spec(job)["subdomain"] == "big-workers"
     command = trainer(job)["command"]
-    assert command[0] == "torchrun" and "--node-rank=$(NODE_RANK)" in command
-    assert command[-5:] == ["-m", "kubetune_trainer", "train", "--config", f"{CONFIG_MOUNT_PATH}/{CONFIG_FILE_NAME}"]
+    # The trainer's `launch` wraps torchrun so the pod exits with the workers' code (docs/trainer.md).
+    assert command[:4] == ["python", "-m", "kubetune_trainer", "launch"]
+    assert "--node-rank=$(NODE_RANK)" in command[: command.index("--")]
+    assert command[command.index("--") + 1 :] == ["train", "--config", f"{CONFIG_MOUNT_PATH}/{CONFIG_FILE_NAME}"]
 
 
 def test_gpu_product_and_node_selector_are_combined(make_ftj: MakeFtj) -> None:
