@@ -158,42 +158,65 @@ def _build_jobs() -> list[str]:
     return ["-p", jobs] if jobs else []
 
 
-def build_etcd(
-    *, versions: Versions, work: Path, env: dict[str, str], out: Binaries, log: Path, report: BuildReport
+def _build_wrapped(
+    *,
+    name: str,
+    gomod_text: str,
+    tools_go: str,
+    package: str,
+    target: Path,
+    work: Path,
+    env: dict[str, str],
+    log: Path,
+    report: BuildReport,
 ) -> None:
-    module = work / "etcd"
-    _write(module / "go.mod", gomod.etcd_gomod(versions))
-    _write(module / "tools.go", gomod.ETCD_TOOLS_GO)
-    run_go(["mod", "tidy"], cwd=module, env=env, step="etcd: resolve modules", log=log, report=report)
-    tmp = out.directory / ".etcd.partial"
+    """Build ``package`` from a generated wrapper module ``work/<name>`` into ``target`` (atomically)."""
+    module = work / name
+    _write(module / "go.mod", gomod_text)
+    _write(module / "tools.go", tools_go)
+    run_go(["mod", "tidy"], cwd=module, env=env, step=f"{name}: resolve modules", log=log, report=report)
+    tmp = target.with_name(f".{name}.partial")
     run_go(
-        ["build", *_build_jobs(), "-trimpath", "-ldflags=-s -w", "-o", str(tmp), "go.etcd.io/etcd/server/v3"],
+        ["build", *_build_jobs(), "-trimpath", "-ldflags=-s -w", "-o", str(tmp), package],
         cwd=module,
         env=env,
-        step="etcd: build",
+        step=f"{name}: build",
         log=log,
         report=report,
     )
-    _install(tmp, out.etcd)
+    _install(tmp, target)
+
+
+def build_etcd(
+    *, versions: Versions, work: Path, env: dict[str, str], out: Binaries, log: Path, report: BuildReport
+) -> None:
+    _build_wrapped(
+        name="etcd",
+        gomod_text=gomod.etcd_gomod(versions),
+        tools_go=gomod.ETCD_TOOLS_GO,
+        package="go.etcd.io/etcd/server/v3",
+        target=out.etcd,
+        work=work,
+        env=env,
+        log=log,
+        report=report,
+    )
 
 
 def build_kwok(
     *, versions: Versions, work: Path, env: dict[str, str], out: Binaries, log: Path, report: BuildReport
 ) -> None:
-    module = work / "kwok"
-    _write(module / "go.mod", gomod.kwok_gomod(versions))
-    _write(module / "tools.go", gomod.KWOK_TOOLS_GO)
-    run_go(["mod", "tidy"], cwd=module, env=env, step="kwok: resolve modules", log=log, report=report)
-    tmp = out.directory / ".kwok.partial"
-    run_go(
-        ["build", *_build_jobs(), "-trimpath", "-ldflags=-s -w", "-o", str(tmp), "sigs.k8s.io/kwok/cmd/kwok"],
-        cwd=module,
+    _build_wrapped(
+        name="kwok",
+        gomod_text=gomod.kwok_gomod(versions),
+        tools_go=gomod.KWOK_TOOLS_GO,
+        package="sigs.k8s.io/kwok/cmd/kwok",
+        target=out.kwok,
+        work=work,
         env=env,
-        step="kwok: build",
         log=log,
         report=report,
     )
-    _install(tmp, out.kwok)
 
 
 def build_kube(
