@@ -173,14 +173,22 @@ def parse_record(value: object, *, source: str, schema: Schema) -> Example | Rej
     return example
 
 
-def _parse_messages(record: dict[str, object], cols: dict[str, str], src: str, out: _Problems) -> Example | None:
-    field = cols["messages"]
+def _nonempty_list(record: dict[str, object], field: str, what: str, src: str, out: _Problems) -> list[object] | None:
+    """The record's ``field`` as a non-empty list (a JSON-encoded string counts), or ``None`` with an issue."""
     raw = _present(record, field, src, out)
     if raw is None:
         return None
     raw = _maybe_json_list(raw)
     if not isinstance(raw, list) or not raw:
-        out.append(DataIssue(src, field, f"expected a non-empty array of messages, got {json_type(raw)}"))
+        out.append(DataIssue(src, field, f"expected a non-empty array of {what}, got {json_type(raw)}"))
+        return None
+    return raw
+
+
+def _parse_messages(record: dict[str, object], cols: dict[str, str], src: str, out: _Problems) -> Example | None:
+    field = cols["messages"]
+    raw = _nonempty_list(record, field, "messages", src, out)
+    if raw is None:
         return None
     messages: list[Message] = []
     for index, item in enumerate(raw):
@@ -203,12 +211,8 @@ def _parse_messages(record: dict[str, object], cols: dict[str, str], src: str, o
 
 def _parse_sharegpt(record: dict[str, object], cols: dict[str, str], src: str, out: _Problems) -> Example | None:
     field = cols["conversations"]
-    raw = _present(record, field, src, out)
+    raw = _nonempty_list(record, field, "turns", src, out)
     if raw is None:
-        return None
-    raw = _maybe_json_list(raw)
-    if not isinstance(raw, list) or not raw:
-        out.append(DataIssue(src, field, f"expected a non-empty array of turns, got {json_type(raw)}"))
         return None
     messages = _system_message(record, cols, src, out)
     for index, item in enumerate(raw):
