@@ -50,7 +50,7 @@ class BadSpec:
 CASES = [
     # Types and ranges the schema checks.
     BadSpec("gpus-wrong-type", "spec.resources.gpusPerNode", "api", {"resources": {"gpusPerNode": "two"}}),
-    BadSpec("gpus-zero", "spec.resources.gpusPerNode", "api", {"resources": {"gpusPerNode": 0}}),
+    BadSpec("gpus-too-many", "spec.resources.gpusPerNode", "api", {"resources": {"gpusPerNode": 17}}),
     BadSpec("gpus-negative", "spec.resources.gpusPerNode", "api", {"resources": {"gpusPerNode": -1}}),
     BadSpec("nodes-zero", "spec.resources.nodes", "api", {"resources": {"nodes": 0}}),
     BadSpec("unknown-method", "spec.method.type", "api", {"method": {"type": "prefix-tuning"}}),
@@ -111,6 +111,18 @@ CASES = [
     ),
     BadSpec(
         "4bit-on-lora", "method.quantization", "api", {"method": {"type": "lora", "quantization": {"quantType": "nf4"}}}
+    ),
+    BadSpec(
+        "gpu-product-on-cpu",
+        "resources.gpuProduct",
+        "api",
+        {"resources": {"gpusPerNode": 0, "gpuProduct": "NVIDIA-L4"}},
+    ),
+    BadSpec(
+        "16-bit-precision-on-cpu",
+        "hyperparameters.precision",
+        "api",
+        {"resources": {"gpusPerNode": 0}, "hyperparameters": {"precision": "bf16"}},
     ),
     BadSpec(
         "secret-looking-env-inline",

@@ -296,7 +296,11 @@ class Hyperparameters(ApiModel):
         default=False, description="Recompute activations in backward: less memory, about 30% slower."
     )
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
-        default="auto", description="Mixed precision. auto: bf16 on GPUs that support it, fp32 on CPU."
+        default="auto",
+        description=(
+            "Mixed precision. auto: bf16 on GPUs that support it, fp32 on CPU. "
+            "CPU jobs (resources.gpusPerNode 0) train in fp32: auto or fp32 only."
+        ),
     )
     eval_every_steps: int | None = Field(
         default=None, ge=1, description="Evaluate on the validation data every N steps (and at the end)."
@@ -350,17 +354,42 @@ class EnvVar(ApiModel):
 
 _CREDENTIAL_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY)")
 
+GPU_PRODUCT_ON_CPU_MESSAGE = "resources.gpuProduct must be unset when resources.gpusPerNode is 0 (CPU training)"
+# The trainer always trains in fp32 on the CPU; a 16-bit request there would be silently ignored.
+PRECISION_ON_CPU_MESSAGE = (
+    "hyperparameters.precision must be auto or fp32 when resources.gpusPerNode is 0 (CPU training)"
+)
+
 
 class ResourcesSpec(ApiModel):
     """Where and on how much hardware the training runs."""
 
-    gpus_per_node: int = Field(default=1, ge=1, le=16, description="GPUs per pod (nvidia.com/gpu).")
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.gpusPerNode > 0 || !has(self.gpuProduct)",
+                    "message": GPU_PRODUCT_ON_CPU_MESSAGE,
+                }
+            ]
+        }
+    }
+
+    gpus_per_node: int = Field(
+        default=1,
+        ge=0,
+        le=16,
+        description=(
+            "GPUs per pod (nvidia.com/gpu); one training process per GPU. 0: CPU training, one process per pod "
+            "in fp32 (small models, trials, tests); steer it to CPU nodes with nodeSelector and tolerations."
+        ),
+    )
     nodes: int = Field(default=1, ge=1, le=128, description="Pods (nodes) in the job; >1 is multi-node DDP.")
     gpu_product: str | None = Field(
         default=None,
         max_length=63,
         pattern=r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$",
-        description="Required nvidia.com/gpu.product node label, e.g. NVIDIA-H100-80GB-HBM3.",
+        description="Required nvidia.com/gpu.product node label, e.g. NVIDIA-H100-80GB-HBM3. Unset on CPU jobs.",
     )
     cpu: str | None = Field(default=None, pattern=QUANTITY_PATTERN, description="CPU request per pod.")
     memory: str | None = Field(default=None, pattern=QUANTITY_PATTERN, description="Memory request per pod.")
@@ -378,6 +407,12 @@ class ResourcesSpec(ApiModel):
     priority_class_name: str | None = Field(
         default=None, max_length=253, pattern=SECRET_NAME_PATTERN, description="Pod priority class."
     )
+
+    @model_validator(mode="after")
+    def _no_gpu_product_on_cpu(self) -> ResourcesSpec:
+        if self.gpus_per_node == 0 and self.gpu_product is not None:
+            raise ValueError(GPU_PRODUCT_ON_CPU_MESSAGE)
+        return self
 
 
 class TrainerSpec(ApiModel):
@@ -465,6 +500,10 @@ class FineTuneJobSpec(ApiModel):
                     ),
                     "message": "spec.resources can change only while the job is suspended",
                 },
+                {
+                    "rule": "self.resources.gpusPerNode > 0 || self.hyperparameters.precision in ['auto', 'fp32']",
+                    "message": PRECISION_ON_CPU_MESSAGE,
+                },
             ]
         }
     }
@@ -479,3 +518,9 @@ class FineTuneJobSpec(ApiModel):
     output: OutputSpec = Field(description="Where the trained artifact goes.")
     run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Retries, deadlines, queueing.")
     credentials: Credentials = Field(default_factory=Credentials, description="Secret references.")
+
+    @model_validator(mode="after")
+    def _full_precision_on_cpu(self) -> FineTuneJobSpec:
+        if self.resources.gpus_per_node == 0 and self.hyperparameters.precision not in ("auto", "fp32"):
+            raise ValueError(PRECISION_ON_CPU_MESSAGE)
+        return self

@@ -82,6 +82,20 @@ def test_cross_field_rules_are_cel_validations() -> None:
     assert "spec.resources can change only while the job is suspended" in messages
 
 
+def test_cpu_jobs_are_allowed_and_their_cross_field_rules_are_cel() -> None:
+    spec = _root()["properties"]["spec"]
+    resources = spec["properties"]["resources"]
+    assert resources["properties"]["gpusPerNode"]["minimum"] == 0
+    assert {
+        "rule": "self.gpusPerNode > 0 || !has(self.gpuProduct)",
+        "message": "resources.gpuProduct must be unset when resources.gpusPerNode is 0 (CPU training)",
+    } in resources["x-kubernetes-validations"]
+    assert {
+        "rule": "self.resources.gpusPerNode > 0 || self.hyperparameters.precision in ['auto', 'fp32']",
+        "message": "hyperparameters.precision must be auto or fp32 when resources.gpusPerNode is 0 (CPU training)",
+    } in spec["x-kubernetes-validations"]
+
+
 def test_int_or_auto_fields_use_the_structural_int_or_string_shape() -> None:
     epochs = _root()["properties"]["spec"]["properties"]["hyperparameters"]["properties"]["epochs"]
     assert epochs["x-kubernetes-int-or-string"] is True

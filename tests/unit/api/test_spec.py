@@ -51,7 +51,18 @@ def test_wire_form_is_camel_case_and_round_trips() -> None:
         ({"hyperparameters": {"learningRate": 0}}, "spec.hyperparameters.learningRate", "greater than 0"),
         ({"method": {"rank": 0}}, "spec.method.rank", "greater than or equal to 1"),
         ({"method": {"type": "prefix"}}, "spec.method.type", "'lora', 'qlora', 'dora' or 'full'"),
-        ({"resources": {"gpusPerNode": 0}}, "spec.resources.gpusPerNode", ""),
+        ({"resources": {"gpusPerNode": -1}}, "spec.resources.gpusPerNode", "greater than or equal to 0"),
+        ({"resources": {"gpusPerNode": 17}}, "spec.resources.gpusPerNode", "less than or equal to 16"),
+        (
+            {"resources": {"gpusPerNode": 0, "gpuProduct": "NVIDIA-L4"}},
+            "spec.resources",
+            "resources.gpuProduct must be unset when resources.gpusPerNode is 0",
+        ),
+        (
+            {"resources": {"gpusPerNode": 0}, "hyperparameters": {"precision": "bf16"}},
+            "spec",
+            "hyperparameters.precision must be auto or fp32 when resources.gpusPerNode is 0",
+        ),
         ({"dataset": {"train": ["gs://b/x"]}}, "spec.dataset.train", "unsupported scheme"),
         (
             {"dataset": {"train": ["pvc://d/x"], "validation": "pvc://d/v", "validationSplit": 0.1}},
@@ -69,6 +80,30 @@ def test_bad_specs_name_the_field(overrides: dict[str, Any], field: str, fragmen
     assert problems, "expected the spec to be rejected"
     assert any(p.startswith(field) and fragment in p for p in problems), problems
     assert not any("SECRET" in p or "hf_abc" in p for p in problems)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"resources": {"gpusPerNode": 0}},
+        {"resources": {"gpusPerNode": 0}, "hyperparameters": {"precision": "fp32"}},
+        {"resources": {"gpusPerNode": 0}, "method": {"type": "qlora"}},  # bitsandbytes 4-bit runs on the CPU too
+        {"resources": {"gpusPerNode": 0, "nodes": 2}},
+    ],
+    ids=["auto-precision", "fp32", "qlora", "two-pods"],
+)
+def test_zero_gpus_per_node_is_a_cpu_job(overrides: dict[str, Any]) -> None:
+    spec = FineTuneJobSpec.model_validate(minimal_spec(**overrides))
+    assert spec.resources.gpus_per_node == 0 and spec.resources.gpu_product is None
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_gpu_jobs_keep_16_bit_precision_and_a_gpu_product(precision: str) -> None:
+    overrides = {
+        "resources": {"gpusPerNode": 1, "gpuProduct": "NVIDIA-L4"},
+        "hyperparameters": {"precision": precision},
+    }
+    assert spec_errors(minimal_spec(**overrides)) == []
 
 
 def test_manifest_checks_name_length_and_kind() -> None:
