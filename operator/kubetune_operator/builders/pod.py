@@ -56,6 +56,12 @@ def trainer_command() -> list[str]:
     ]
 
 
+def processes_per_node(*, spec: FineTuneJobSpec) -> int:
+    """One training process per GPU; a CPU pod (``gpusPerNode: 0``) runs one process on the gloo backend,
+    which uses all the pod's cores (more processes would only split the same cores)."""
+    return max(spec.resources.gpus_per_node, 1)
+
+
 def _secret_env(name: str, ref: SecretKeyRef) -> dict[str, Any]:
     # Only the reference: the Secret's value never passes through the operator or the Job object.
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
@@ -65,7 +71,7 @@ def _env(*, ftj: FineTuneJob, settings: OperatorSettings) -> list[dict[str, Any]
     spec = ftj.spec
     env: list[dict[str, Any]] = [
         {"name": "NNODES", "value": str(spec.resources.nodes)},
-        {"name": "NPROC_PER_NODE", "value": str(spec.resources.gpus_per_node)},
+        {"name": "NPROC_PER_NODE", "value": str(processes_per_node(spec=spec))},
         {
             "name": "NODE_RANK",
             "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}},
@@ -75,6 +81,11 @@ def _env(*, ftj: FineTuneJob, settings: OperatorSettings) -> list[dict[str, Any]
         {"name": "KUBETUNE_CACHE_DIR", "value": CACHE_DIR},
         {"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"},
     ]
+    if spec.resources.gpus_per_node == 0:
+        # A pod without a GPU limit on a GPU node still sees every GPU there (the trainer image's
+        # pytorch/pytorch base sets NVIDIA_VISIBLE_DEVICES=all); hiding them keeps a CPU job off GPUs
+        # other pods were given, and the trainer, finding no CUDA device, trains on the CPU with gloo.
+        env.append({"name": "CUDA_VISIBLE_DEVICES", "value": ""})
     credentials = spec.credentials
     if credentials.hugging_face_token is not None:
         env.append(_secret_env("HF_TOKEN", credentials.hugging_face_token))
@@ -137,8 +148,10 @@ def _volumes_and_mounts(*, ftj: FineTuneJob) -> tuple[list[dict[str, Any]], list
 
 
 def _resources(*, spec: FineTuneJobSpec) -> dict[str, Any]:
-    # Extended resources (GPUs) are set as limits; the API server copies them to requests.
-    limits: dict[str, str] = {GPU_RESOURCE: str(spec.resources.gpus_per_node)}
+    limits: dict[str, str] = {}
+    if spec.resources.gpus_per_node > 0:
+        # Extended resources (GPUs) are set as limits; the API server copies them to requests.
+        limits[GPU_RESOURCE] = str(spec.resources.gpus_per_node)
     requests: dict[str, str] = {}
     if spec.resources.cpu is not None:
         requests["cpu"] = spec.resources.cpu
@@ -146,7 +159,9 @@ def _resources(*, spec: FineTuneJobSpec) -> dict[str, Any]:
         requests["memory"] = spec.resources.memory
         # A memory limit equal to the request: an over-use is an OOMKill the status names, not a node hang.
         limits["memory"] = spec.resources.memory
-    out: dict[str, Any] = {"limits": limits}
+    out: dict[str, Any] = {}
+    if limits:
+        out["limits"] = limits
     if requests:
         out["requests"] = requests
     return out

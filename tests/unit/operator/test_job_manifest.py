@@ -71,3 +71,11 @@ def test_job_spec_hash_changes_with_resources_but_not_with_suspend(make_ftj: Mak
     assert digest(runPolicy={"suspend": True}) == digest(runPolicy={"suspend": False})
     assert digest(resources={"nodes": 2}) != digest(resources={"nodes": 1})
     assert digest(resources={"gpuProduct": "NVIDIA-L4"}) != digest()
+    assert digest(resources={"gpusPerNode": 0}) != digest(resources={"gpusPerNode": 1})
+
+
+def test_cpu_job_is_indexed_with_one_pod_per_node_like_a_gpu_job(make_ftj: MakeFtj) -> None:
+    job = build_children(ftj=make_ftj(resources={"gpusPerNode": 0, "nodes": 2}), settings=OperatorSettings()).job
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == 2
+    assert job["spec"]["podFailurePolicy"] == pod_failure_policy()

@@ -60,6 +60,46 @@ def test_multi_node_pods_rendezvous_with_pod_zero_through_the_headless_service(m
     assert command[command.index("--") + 1 :] == ["train", "--config", f"{CONFIG_MOUNT_PATH}/{CONFIG_FILE_NAME}"]
 
 
+def test_gpu_pod_sees_its_gpus(make_ftj: MakeFtj) -> None:
+    assert "CUDA_VISIBLE_DEVICES" not in env_of(job_for(make_ftj, resources={"gpusPerNode": 2}))
+
+
+def test_cpu_pod_asks_for_no_gpu_and_runs_one_process_per_pod(make_ftj: MakeFtj) -> None:
+    job = job_for(make_ftj, resources={"gpusPerNode": 0, "nodes": 2, "cpu": "4", "memory": "8Gi"})
+    resources = trainer(job)["resources"]
+    assert resources["limits"] == {"memory": "8Gi"}
+    assert resources["requests"] == {"cpu": "4", "memory": "8Gi"}
+    env = env_of(job)
+    assert env["NNODES"]["value"] == "2" and env["NPROC_PER_NODE"]["value"] == "1"
+    # No CUDA device in the pod, so the trainer runs on the CPU (gloo) even on a GPU node.
+    assert env["CUDA_VISIBLE_DEVICES"] == {"name": "CUDA_VISIBLE_DEVICES", "value": ""}
+    assert "nodeSelector" not in pod_spec(job)
+
+
+def test_cpu_pod_without_cpu_or_memory_requests_has_empty_resources(make_ftj: MakeFtj) -> None:
+    assert trainer(job_for(make_ftj, resources={"gpusPerNode": 0}))["resources"] == {}
+
+
+def test_cpu_pod_is_steered_to_cpu_nodes_by_node_selector_and_tolerations(make_ftj: MakeFtj) -> None:
+    cpu_nodes = {
+        "gpusPerNode": 0,
+        "nodeSelector": {"kubetune.io/node": "cpu"},
+        "tolerations": [{"key": "kubetune.io/node", "operator": "Equal", "value": "cpu", "effect": "NoSchedule"}],
+    }
+    spec = pod_spec(job_for(make_ftj, resources=cpu_nodes))
+    assert spec["nodeSelector"] == {"kubetune.io/node": "cpu"}
+    assert spec["tolerations"] == [
+        {"key": "kubetune.io/node", "operator": "Equal", "value": "cpu", "effect": "NoSchedule"}
+    ]
+
+
+def test_user_env_cannot_make_a_cpu_pod_see_gpus(make_ftj: MakeFtj) -> None:
+    job = job_for(
+        make_ftj, resources={"gpusPerNode": 0}, trainer={"env": [{"name": "CUDA_VISIBLE_DEVICES", "value": "0"}]}
+    )
+    assert [e["value"] for e in trainer(job)["env"] if e["name"] == "CUDA_VISIBLE_DEVICES"] == [""]
+
+
 def test_gpu_product_and_node_selector_are_combined(make_ftj: MakeFtj) -> None:
     job = job_for(make_ftj, resources={"gpuProduct": "NVIDIA-H100-80GB-HBM3", "nodeSelector": {"zone": "a"}})
     assert pod_spec(job)["nodeSelector"] == {"zone": "a", "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
