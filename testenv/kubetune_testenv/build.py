@@ -25,6 +25,9 @@ from pathlib import Path
 from . import gomod
 from .versions import PINNED, Binaries, Versions, binaries, cache_root
 
+# Names under which the multi-call ``kube`` binary is linked (see ``gomod.KUBE_MAIN``).
+PROGRAMS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet", "kube-proxy")
+
 
 class BuildError(RuntimeError):
     """A build step failed; the message says which command and why."""
@@ -219,6 +222,25 @@ def build_kwok(
     )
 
 
+def build_coredns(
+    *, versions: Versions, work: Path, env: dict[str, str], out: Binaries, log: Path, report: BuildReport
+) -> None:
+    module = work / "coredns"
+    _write(module / "go.mod", gomod.coredns_gomod(versions))
+    _write(module / "main.go", gomod.COREDNS_MAIN)
+    run_go(["mod", "tidy"], cwd=module, env=env, step="coredns: resolve modules", log=log, report=report)
+    tmp = out.directory / ".coredns.partial"
+    run_go(
+        ["build", *_build_jobs(), "-trimpath", "-ldflags=-s -w", "-o", str(tmp), "."],
+        cwd=module,
+        env=env,
+        step="coredns: build",
+        log=log,
+        report=report,
+    )
+    _install(tmp, out.coredns)
+
+
 def build_kube(
     *, versions: Versions, work: Path, env: dict[str, str], out: Binaries, log: Path, report: BuildReport
 ) -> None:
@@ -254,7 +276,7 @@ def build_kube(
         ],
         cwd=module,
         env=env,
-        step="kube: build (apiserver+controller-manager+scheduler+kubectl)",
+        step="kube: build (apiserver+controller-manager+scheduler+kubectl+kubelet+proxy)",
         log=log,
         report=report,
     )
@@ -263,8 +285,8 @@ def build_kube(
 
 
 def link_programs(out: Binaries) -> None:
-    """Symlinks kube-apiserver, kube-controller-manager, kube-scheduler, kubectl -> kube (argv[0] dispatch)."""
-    for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"):
+    """Symlinks kube-apiserver, kube-controller-manager, ... -> kube (argv[0] dispatch)."""
+    for name in PROGRAMS:
         link = out.directory / name
         if not link.is_symlink():
             link.unlink(missing_ok=True)
@@ -306,7 +328,7 @@ def build(*, versions: Versions = PINNED, force: bool = False) -> Binaries:
         report = BuildReport()
         _log(f"building {versions.key} into {out.directory} (cold build takes minutes; log: {log})")
         started = time.monotonic()
-        steps = ((out.etcd, build_etcd), (out.kwok, build_kwok), (out.kube, build_kube))
+        steps = ((out.etcd, build_etcd), (out.kwok, build_kwok), (out.kube, build_kube), (out.coredns, build_coredns))
         for target, step in steps:
             if force or not os.access(target, os.X_OK):
                 step(versions=versions, work=work, env=env, out=out, log=log, report=report)

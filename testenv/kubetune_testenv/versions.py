@@ -21,6 +21,8 @@ class Versions:
     kubernetes: str = "v1.36.3"
     etcd: str = "v3.6.16"
     kwok: str = "v0.8.0"
+    # Cluster DNS for the real node; v1.14.x is built against client-go v0.35 and runs with v0.36.
+    coredns: str = "v1.14.7"
 
     @property
     def staging(self) -> str:
@@ -40,7 +42,7 @@ class Versions:
     @property
     def key(self) -> str:
         """Cache directory name: changes whenever any pinned version changes."""
-        return f"k8s-{self.kubernetes}_etcd-{self.etcd}_kwok-{self.kwok}"
+        return f"k8s-{self.kubernetes}_etcd-{self.etcd}_kwok-{self.kwok}_coredns-{self.coredns}"
 
 
 PINNED = Versions()
@@ -63,7 +65,10 @@ def bin_dir(versions: Versions = PINNED) -> Path:
 
 @dataclass(frozen=True)
 class Binaries:
-    """Paths of the built executables. ``kube`` is one multi-call binary (see ``gomod.KUBE_MAIN``)."""
+    """Paths of the built executables.
+
+    ``kube`` is one multi-call binary (see ``gomod.KUBE_MAIN``): control plane, kubectl, kubelet, kube-proxy.
+    """
 
     directory: Path
 
@@ -79,8 +84,12 @@ class Binaries:
     def kwok(self) -> Path:
         return self.directory / "kwok"
 
+    @property
+    def coredns(self) -> Path:
+        return self.directory / "coredns"
+
     def all(self) -> tuple[Path, ...]:
-        return (self.etcd, self.kube, self.kwok)
+        return (self.etcd, self.kube, self.kwok, self.coredns)
 
     def missing(self) -> list[Path]:
         return [path for path in self.all() if not os.access(path, os.X_OK)]

@@ -48,7 +48,7 @@ def test_a_refused_module_shows_the_command_and_its_error(
     message = str(error.value)
     assert "go mod tidy" in message
     assert "404 Not Found" in message
-    assert len(binaries().missing()) == 3  # nothing half-built was installed
+    assert len(binaries().missing()) == 4  # nothing half-built was installed
 
 
 def test_a_sigkilled_build_suggests_fewer_jobs(cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

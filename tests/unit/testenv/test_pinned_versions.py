@@ -21,8 +21,16 @@ def test_a_non_release_kubernetes_version_is_rejected() -> None:
 def test_cache_key_changes_with_any_version() -> None:
     base = Versions()
     assert (
-        len({base.key, Versions(etcd="v3.6.15").key, Versions(kwok="v0.7.0").key, Versions(kubernetes="v1.37.2").key})
-        == 4
+        len(
+            {
+                base.key,
+                Versions(etcd="v3.6.15").key,
+                Versions(kwok="v0.7.0").key,
+                Versions(kubernetes="v1.37.2").key,
+                Versions(coredns="v1.14.6").key,
+            }
+        )
+        == 5
     )
 
 
@@ -30,7 +38,7 @@ def test_binaries_live_under_the_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_
     monkeypatch.setenv("KUBETUNE_CACHE_DIR", str(tmp_path))
     assert bin_dir() == tmp_path / "k8s" / Versions().key
     bins = binaries()
-    assert bins.missing() == [bins.etcd, bins.kube, bins.kwok]
+    assert bins.missing() == [bins.etcd, bins.kube, bins.kwok, bins.coredns]
     for path in bins.all():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("#!/bin/sh\n")

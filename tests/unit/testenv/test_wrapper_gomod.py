@@ -60,7 +60,7 @@ def test_version_stamp_covers_component_base_and_client_go() -> None:
 
 
 def test_multicall_main_dispatches_to_every_program() -> None:
-    for program in ("apiserver", "controller-manager", "scheduler", "kubectl"):
+    for program in ("apiserver", "controller-manager", "scheduler", "kubectl", "kubelet", "proxy"):
         assert f'"{program}":' in gomod.KUBE_MAIN
 
 
@@ -68,3 +68,18 @@ def test_etcd_and_kwok_wrappers_require_the_pinned_versions() -> None:
     versions = Versions(etcd="v3.6.16", kwok="v0.8.0")
     assert "require go.etcd.io/etcd/server/v3 v3.6.16" in gomod.etcd_gomod(versions)
     assert "require sigs.k8s.io/kwok v0.8.0" in gomod.kwok_gomod(versions)
+
+
+def test_every_linked_program_name_dispatches_to_a_program() -> None:
+    from kubetune_testenv.build import PROGRAMS
+
+    for name in PROGRAMS:
+        program = name.removeprefix("kube-")
+        assert f'"{program}":' in gomod.KUBE_MAIN, name
+
+
+def test_coredns_wrapper_pins_coredns_and_the_control_planes_client_go() -> None:
+    text = gomod.coredns_gomod(Versions(kubernetes="v1.36.3", coredns="v1.14.7"))
+    assert "\tgithub.com/coredns/coredns v1.14.7\n" in text
+    assert "\tk8s.io/client-go v0.36.3\n" in text
+    assert '_ "github.com/coredns/coredns/plugin/kubernetes"' in gomod.COREDNS_MAIN
