@@ -46,6 +46,7 @@ def test_the_documented_examples_exist() -> None:
         "multi-node.yaml",
         "kueue.yaml",
         "secret-hf-token.yaml",
+        "cpu-tiny.yaml",
     }
 
 
@@ -125,6 +126,16 @@ def test_multi_node_example_spans_two_nodes_of_eight_gpus() -> None:
     spec = job("multi-node.yaml").spec
     assert (spec.resources.nodes, spec.resources.gpus_per_node) == (2, 8)
     assert spec.resources.shared_memory is not None
+
+
+def test_cpu_example_asks_for_no_gpu_and_is_steered_to_cpu_nodes() -> None:
+    spec = job("cpu-tiny.yaml").spec
+    assert (spec.resources.gpus_per_node, spec.resources.gpu_product) == (0, None)
+    assert spec.hyperparameters.precision == "auto" and spec.hyperparameters.max_steps is not None
+    assert spec.resources.node_selector == {"kubetune.io/node": "cpu"}
+    assert [(t.key, t.value, t.effect) for t in spec.resources.tolerations] == [
+        ("kubetune.io/node", "cpu", "NoSchedule")
+    ]
 
 
 def test_kueue_example_queues_on_the_local_queue_it_defines() -> None:
