@@ -35,6 +35,8 @@ class Pki:
     admin_key: Path
     service_account_key: Path
     service_account_pub: Path
+    kubelet_client_cert: Path  # the apiserver's identity towards kubelets (logs, exec)
+    kubelet_client_key: Path
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -82,8 +84,12 @@ def _signed_cert(*, directory: Path, name: str, subject: str, extensions: list[s
     return cert, key
 
 
-def create_pki(directory: Path) -> Pki:
-    """Create a CA, the apiserver's serving cert, an admin client cert and the service-account key pair."""
+def create_pki(directory: Path, *, extra_sans: tuple[str, ...] = ()) -> Pki:
+    """Create a CA, the apiserver's serving cert, an admin client cert and the service-account key pair.
+
+    ``extra_sans`` ("IP:10.0.0.1", ...) are further names the apiserver is reached by: pods on a real
+    node dial the ``kubernetes`` Service's ClusterIP, which kube-proxy forwards to the node's address.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     _ec_key(directory / "ca.key")
     _openssl(
@@ -113,7 +119,7 @@ def create_pki(directory: Path) -> Pki:
             "basicConstraints=critical,CA:FALSE",
             "keyUsage=critical,digitalSignature,keyEncipherment",
             "extendedKeyUsage=serverAuth",
-            "subjectAltName=" + ",".join(APISERVER_SANS),
+            "subjectAltName=" + ",".join((*APISERVER_SANS, *extra_sans)),
         ],
     )
     # O=system:masters is bound to cluster-admin by the apiserver's bootstrap RBAC policy.
@@ -121,6 +127,17 @@ def create_pki(directory: Path) -> Pki:
         directory=directory,
         name="admin",
         subject="/O=system:masters/CN=admin",
+        extensions=[
+            "basicConstraints=critical,CA:FALSE",
+            "keyUsage=critical,digitalSignature,keyEncipherment",
+            "extendedKeyUsage=clientAuth",
+        ],
+    )
+    kubelet_client_cert, kubelet_client_key = _signed_cert(
+        directory=directory,
+        name="apiserver-kubelet-client",
+        # A kubelet's webhook authorizer asks the apiserver about this user; system:masters may do it all.
+        subject="/O=system:masters/CN=kube-apiserver-kubelet-client",
         extensions=[
             "basicConstraints=critical,CA:FALSE",
             "keyUsage=critical,digitalSignature,keyEncipherment",
@@ -139,4 +156,55 @@ def create_pki(directory: Path) -> Pki:
         admin_key=admin_key,
         service_account_key=sa_key,
         service_account_pub=directory / "sa.pub",
+        kubelet_client_cert=kubelet_client_cert,
+        kubelet_client_key=kubelet_client_key,
+    )
+
+
+@dataclass(frozen=True)
+class NodePki:
+    """Credentials of a real node's components, signed by the control plane's CA."""
+
+    kubelet_client_cert: Path  # the kubelet's identity towards the apiserver (Node authorizer)
+    kubelet_client_key: Path
+    kubelet_serving_cert: Path  # the kubelet's HTTPS endpoint (logs, exec), checked by the apiserver
+    kubelet_serving_key: Path
+    proxy_cert: Path  # kube-proxy, bound to system:node-proxier by the bootstrap RBAC policy
+    proxy_key: Path
+
+
+_CLIENT = ["basicConstraints=critical,CA:FALSE", "keyUsage=critical,digitalSignature,keyEncipherment"]
+
+
+def create_node_pki(directory: Path, *, node_name: str, node_ip: str) -> NodePki:
+    """Certificates for a kubelet named ``node_name`` at ``node_ip`` and its kube-proxy.
+
+    ``directory`` is the control plane's PKI directory (it holds ``ca.crt`` and ``ca.key``).
+    """
+    kubelet_cert, kubelet_key = _signed_cert(
+        directory=directory,
+        name=f"kubelet-{node_name}",
+        # The Node authorizer identifies a kubelet by this user name and group.
+        subject=f"/O=system:nodes/CN=system:node:{node_name}",
+        extensions=[*_CLIENT, "extendedKeyUsage=clientAuth"],
+    )
+    serving_cert, serving_key = _signed_cert(
+        directory=directory,
+        name=f"kubelet-serving-{node_name}",
+        subject=f"/CN={node_name}",
+        extensions=[*_CLIENT, "extendedKeyUsage=serverAuth", f"subjectAltName=IP:{node_ip},DNS:{node_name}"],
+    )
+    proxy_cert, proxy_key = _signed_cert(
+        directory=directory,
+        name="kube-proxy",
+        subject="/CN=system:kube-proxy",
+        extensions=[*_CLIENT, "extendedKeyUsage=clientAuth"],
+    )
+    return NodePki(
+        kubelet_client_cert=kubelet_cert,
+        kubelet_client_key=kubelet_key,
+        kubelet_serving_cert=serving_cert,
+        kubelet_serving_key=serving_key,
+        proxy_cert=proxy_cert,
+        proxy_key=proxy_key,
     )

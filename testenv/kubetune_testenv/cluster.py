@@ -19,17 +19,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import certs, kubeconfig, processes, stages
+from . import certs, hostnet, kubeconfig, processes, stages
 from .nodes import DEFAULT_POOLS, KWOK_NODE_ANNOTATION, KWOK_NODE_ANNOTATION_VALUE, NodePool, all_node_manifests
 from .versions import Binaries, binaries
 
 if TYPE_CHECKING:  # the kubernetes client is imported lazily: `build` must work without it
     from kubernetes.client import ApiClient
 
-# Addresses inside the (fake) cluster network; nothing routes them, they only have to be valid.
+# Service ClusterIPs; kube-proxy on a real node routes them. The first one is the kubernetes Service.
 SERVICE_CIDR = "10.0.0.0/24"
+KUBERNETES_SERVICE_IP = "10.0.0.1"
+# Pod addresses kwok hands out on the fake nodes; nothing routes them, they only have to be valid.
 POD_CIDR = "10.244.0.0/16"
-FAKE_NODE_IP = "10.1.0.1"
+# The fake nodes' InternalIP. The apiserver dials a node's InternalIP for pods/log; on loopback with no
+# kubelet listening that fails at once (connection refused) instead of waiting out a TCP timeout.
+FAKE_NODE_IP = "127.0.0.2"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 KUBECONFIG_ENV = "KUBETUNE_TEST_KUBECONFIG"
 WORKDIR_PREFIX = "kubetune-testenv-"
@@ -141,6 +145,10 @@ class ControlPlane(Cluster):
         (self.workdir / OWNER_FILE).write_text(str(os.getpid()))
         super().__init__(self.workdir / "admin.kubeconfig", self.workdir)
         self.server = ""
+        # Pods on a real node reach the apiserver through this address (kube-proxy forwards the
+        # kubernetes Service there); tests and host processes use loopback.
+        self.host_ip = hostnet.primary_ipv4()
+        self.pki: certs.Pki | None = None
         self._processes: list[processes.ManagedProcess] = []
         processes.register_cleanup(self._remove_workdir)
 
@@ -157,7 +165,10 @@ class ControlPlane(Cluster):
                     + "\nBuild them once (cold build takes minutes): testenv/build-binaries.sh "
                     "or python -m kubetune_testenv build"
                 )
-            pki = certs.create_pki(self.workdir / "pki")
+            pki = certs.create_pki(
+                self.workdir / "pki", extra_sans=(f"IP:{KUBERNETES_SERVICE_IP}", f"IP:{self.host_ip}")
+            )
+            self.pki = pki
             etcd_url = self._start_etcd()
             self._start_apiserver(pki, etcd_url)
             kubeconfig.write(
@@ -237,8 +248,9 @@ class ControlPlane(Cluster):
                 str(self.binaries.kube),
                 "apiserver",
                 f"--etcd-servers={etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                # All addresses: loopback for tests, the host's address for pods on a real node.
+                "--bind-address=0.0.0.0",
+                f"--advertise-address={self.host_ip}",
                 f"--secure-port={port}",
                 f"--tls-cert-file={pki.serving_cert}",
                 f"--tls-private-key-file={pki.serving_key}",
@@ -249,8 +261,15 @@ class ControlPlane(Cluster):
                 f"--service-account-signing-key-file={pki.service_account_key}",
                 "--authorization-mode=Node,RBAC",
                 "--allow-privileged=true",
-                # The kubernetes Service's Endpoints may not point at loopback; nothing in tests needs it.
-                "--endpoint-reconciler-type=none",
+                # The kubernetes Service's endpoint is the advertised address; loopback is not allowed
+                # there, and without a routable host address no pod could reach the apiserver anyway.
+                *(["--endpoint-reconciler-type=none"] if self.host_ip.startswith("127.") else []),
+                # kubectl logs/exec: the apiserver dials the kubelet at its InternalIP (nodes have no DNS
+                # name here), checks its serving certificate against our CA and presents this client cert.
+                "--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-certificate-authority={pki.ca_cert}",
+                f"--kubelet-client-certificate={pki.kubelet_client_cert}",
+                f"--kubelet-client-key={pki.kubelet_client_key}",
                 "--profiling=false",
             ],
         )
