@@ -565,23 +565,26 @@ def kube_proxy_cleanup(kube: Path) -> None:
 
 def remove_kube_chains(family: str) -> None:
     """Delete every jump to a ``KUBE-`` chain from other chains, then flush and delete those chains."""
+    saved = _run([f"{family}-save"], check=False).stdout
+    for command in kube_chain_removal(saved):
+        _run([family, "-w", *command], check=False)
+
+
+def kube_chain_removal(saved: str) -> list[list[str]]:
+    """Arguments for iptables that undo every ``KUBE-`` chain in ``saved`` (iptables-save output)."""
     table = ""
     chains: dict[str, list[str]] = {}
-    jumps: list[tuple[str, list[str]]] = []
-    for line in _run([f"{family}-save"], check=False).stdout.splitlines():
+    jumps: list[list[str]] = []
+    for line in saved.splitlines():
         if line.startswith("*"):
             table = line[1:]
         elif line.startswith(":KUBE-"):
             chains.setdefault(table, []).append(line[1:].split()[0])
         elif line.startswith("-A ") and " KUBE-" in line and not line.startswith("-A KUBE-"):
-            jumps.append((table, shlex.split(line)[1:]))
-    for table, rule in jumps:
-        _run([family, "-w", "-t", table, "-D", *rule], check=False)
-    for table, names in chains.items():
-        for name in names:
-            _run([family, "-w", "-t", table, "-F", name], check=False)
-        for name in names:
-            _run([family, "-w", "-t", table, "-X", name], check=False)
+            jumps.append(["-t", table, "-D", *shlex.split(line)[1:]])
+    flushes = [["-t", table, "-F", name] for table, names in chains.items() for name in names]
+    deletes = [["-t", table, "-X", name] for table, names in chains.items() for name in names]
+    return jumps + flushes + deletes
 
 
 def sweep(settings: NodeSettings, *, kube: Path) -> None:

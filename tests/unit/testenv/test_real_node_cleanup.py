@@ -1,0 +1,84 @@
+"""The real node's teardown helpers that need no root: iptables chain removal, OCI archive names."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+from kubetune_testenv.real_node import archive_refs, kube_chain_removal
+
+SAVED = """\
+*filter
+:INPUT ACCEPT [0:0]
+:KUBE-FIREWALL - [0:0]
+:KUBE-KUBELET-CANARY - [0:0]
+:DOCKER-USER - [0:0]
+-A INPUT -j KUBE-FIREWALL
+-A INPUT -s 10.9.0.0/16 -j DOCKER-USER
+-A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment --comment "block incoming localnet connections" -j DROP
+COMMIT
+*nat
+:PREROUTING ACCEPT [0:0]
+:KUBE-SERVICES - [0:0]
+-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+COMMIT
+"""
+
+
+def test_jumps_go_first_then_flush_then_delete_and_nothing_else_is_touched() -> None:
+    commands = kube_chain_removal(SAVED)
+    assert commands == [
+        ["-t", "filter", "-D", "INPUT", "-j", "KUBE-FIREWALL"],
+        [
+            "-t",
+            "nat",
+            "-D",
+            "PREROUTING",
+            "-m",
+            "comment",
+            "--comment",
+            "kubernetes service portals",
+            "-j",
+            "KUBE-SERVICES",
+        ],
+        ["-t", "filter", "-F", "KUBE-FIREWALL"],
+        ["-t", "filter", "-F", "KUBE-KUBELET-CANARY"],
+        ["-t", "nat", "-F", "KUBE-SERVICES"],
+        ["-t", "filter", "-X", "KUBE-FIREWALL"],
+        ["-t", "filter", "-X", "KUBE-KUBELET-CANARY"],
+        ["-t", "nat", "-X", "KUBE-SERVICES"],
+    ]
+
+
+def test_a_host_without_kube_chains_gets_no_commands() -> None:
+    assert kube_chain_removal("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j ACCEPT\nCOMMIT\n") == []
+
+
+def _archive(path: Path, names: list[str]) -> Path:
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {"digest": f"sha256:{i:064d}", "annotations": {"org.opencontainers.image.ref.name": name}}
+            for i, name in enumerate(names)
+        ],
+    }
+    data = json.dumps(index).encode()
+    with tarfile.open(path, "w") as tar:
+        info = tarfile.TarInfo("index.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_archive_names_are_normalized_as_containerd_stores_them(tmp_path: Path) -> None:
+    refs = archive_refs(
+        _archive(tmp_path / "a.tar", ["kubetune/trainer:0.1.0", "localhost/kubetune/pause:3.10", "busybox:1"])
+    )
+    assert list(refs) == [
+        "docker.io/kubetune/trainer:0.1.0",
+        "localhost/kubetune/pause:3.10",
+        "docker.io/library/busybox:1",
+    ]
+    assert refs["docker.io/kubetune/trainer:0.1.0"] == f"sha256:{0:064d}"
