@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kubetune_testenv.helm import find_helm, pinned_helm_version
+
 REPO = Path(__file__).resolve().parents[3]
 CHART = REPO / "charts" / "kubetune"
-BUILD_SCRIPT = REPO / ".ci" / "build-helm.sh"
 RELEASE = "kubetune"
 NAMESPACE = "kubetune-system"
 # Render for the oldest Kubernetes the chart claims (Chart.yaml kubeVersion), whatever helm was built against.
@@ -23,23 +22,7 @@ Manifest = dict[str, Any]
 # render(values=None, *, include_crds=False) -> manifests: the `render` fixture.
 Render = Callable[..., list[Manifest]]
 
-
-def pinned_helm_version() -> str:
-    match = re.search(r'HELM_VERSION="\$\{HELM_VERSION:-(v[0-9.]+)\}"', BUILD_SCRIPT.read_text())
-    assert match, f"no pinned HELM_VERSION in {BUILD_SCRIPT}"
-    return match.group(1)
-
-
-def find_helm() -> Path | None:
-    if os.environ.get("HELM"):
-        return Path(os.environ["HELM"])
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    root = Path(os.environ.get("KUBETUNE_CACHE_DIR", cache / "kubetune"))
-    cached = root / "helm" / pinned_helm_version() / "helm"
-    if cached.is_file():
-        return cached
-    on_path = shutil.which("helm")
-    return Path(on_path) if on_path else None
+__all__ = ["CHART", "KUBE_VERSION", "NAMESPACE", "RELEASE", "find_helm", "pinned_helm_version", "run_helm"]
 
 
 def run_helm(helm: Path, *args: str, values: dict[str, Any] | None, tmp_dir: Path) -> subprocess.CompletedProcess[str]:

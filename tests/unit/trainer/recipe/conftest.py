@@ -16,58 +16,6 @@ import pytest
 
 from kubetune.api.trainer_config import TrainerConfig
 
-REPO = Path(__file__).resolve().parents[4]
-LAMINI = REPO.parent / "shared" / "datasets" / "lamini_docs.jsonl"
-
-
-@pytest.fixture(scope="session")
-def lamini_path() -> Path:
-    if not LAMINI.is_file():
-        pytest.fail(f"{LAMINI} is missing (the shared datasets folder next to the repository)", pytrace=False)
-    return LAMINI
-
-
-@pytest.fixture(scope="session")
-def lamini_subset(tmp_path_factory: pytest.TempPathFactory, lamini_path: Path) -> Callable[[int], Path]:
-    """The first ``n`` lamini_docs records as their own file."""
-    root = tmp_path_factory.mktemp("lamini")
-
-    def subset(n: int) -> Path:
-        path = root / f"lamini-{n}.jsonl"
-        if not path.exists():
-            lines = lamini_path.read_text(encoding="utf-8").splitlines()[:n]
-            path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        return path
-
-    return subset
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer: Any) -> Path:
-    """A randomly initialised 2-layer Llama (1.6 M parameters, mostly the 49k embedding) + tokenizer."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    directory = tmp_path_factory.mktemp("tiny-llama")
-    tok = smollm2_tokenizer
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(directory)
-    tok.save_pretrained(directory)
-    return directory
-
 
 @pytest.fixture(scope="session")
 def nan_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
