@@ -40,6 +40,8 @@ RULES: tuple[PolicyRule, ...] = (
     PolicyRule(api_groups=("",), resources=("configmaps", "services"), verbs=("get", "create", "patch")),
     # Milestone and failure Events on FineTuneJobs (the operator's and kopf's own).
     PolicyRule(api_groups=("",), resources=("events",), verbs=("create", "patch")),
+    # kopf resolves namespace patterns in KUBETUNE_NAMESPACES (e.g. team-*) by watching namespaces.
+    PolicyRule(api_groups=("",), resources=("namespaces",), verbs=("get", "list", "watch")),
     # kopf notices CRDs installed after it started (read-only).
     PolicyRule(
         api_groups=("apiextensions.k8s.io",), resources=("customresourcedefinitions",), verbs=("get", "list", "watch")

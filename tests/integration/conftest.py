@@ -11,20 +11,17 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
-from kubetune_operator.builders.names import FINETUNEJOB_LABEL
+from kube_objects import FineTuneJobs, condition_of, ftj_collection, status_of, wait_for
 from kubetune_operator.k8s import ApiError, Kube, collection_path, object_path
 from kubetune_operator.rbac import cluster_role
 from kubetune_testenv.cluster import Cluster
-
-from kubetune.api.resource import API_VERSION, PLURAL
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / "finetunejobs.yaml"
@@ -32,19 +29,6 @@ OPERATOR_NAMESPACE = "kubetune-system"
 OPERATOR_ACCOUNT = "kubetune-operator"
 # Short enough for tests to watch a pending timeout expire, long enough not to fire on normal starts.
 PENDING_TIMEOUT_SECONDS = 8
-
-T = TypeVar("T")
-
-
-def wait_for(fetch: Callable[[], T], ready: Callable[[T], bool], *, what: str, timeout: float = 60) -> T:
-    deadline = time.monotonic() + timeout
-    value = fetch()
-    while not ready(value):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value:\n{value}")
-        time.sleep(0.25)
-        value = fetch()
-    return value
 
 
 def _create_or_keep(kube: Kube, path: str, body: dict[str, Any]) -> None:
@@ -131,6 +115,9 @@ class OperatorProcess:
             KUBETUNE_METRICS_PORT=str(self.metrics_port),
             KUBETUNE_HEALTH_PORT=str(self.health_port),
             KUBETUNE_LOG_LEVEL="info",
+            # The test namespaces (the `namespace` fixture names them t-...): the e2e tests' namespace
+            # belongs to the operator installed in the cluster, which must be the only one acting there.
+            KUBETUNE_NAMESPACES="t-*",
         )
         return env
 
@@ -199,93 +186,6 @@ def pytest_runtest_makereport(
     if report.failed and isinstance(process, OperatorProcess):
         report.sections.append(("operator log (tail)", process.log_tail()))
     return report
-
-
-# ---- FineTuneJob helpers shared by the operator tests -------------------------------------------------
-
-
-def ftj_collection(namespace: str) -> str:
-    return collection_path(api_version=API_VERSION, plural=PLURAL, namespace=namespace)
-
-
-def minimal_spec() -> dict[str, Any]:
-    return {
-        "model": {"source": "hf://HuggingFaceTB/SmolLM2-135M-Instruct@main"},
-        "dataset": {"train": ["s3://training-data/lamini_docs.jsonl"]},
-        "output": {"destination": "s3://outputs/run-1"},
-    }
-
-
-def ftj_manifest(
-    name: str, *, spec: dict[str, Any] | None = None, annotations: dict[str, str] | None = None
-) -> dict[str, Any]:
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "FineTuneJob",
-        "metadata": {"name": name, "annotations": annotations or {}},
-        "spec": spec if spec is not None else minimal_spec(),
-    }
-
-
-class FineTuneJobs:
-    """FineTuneJobs, their children and their Events in one test namespace, read as the admin."""
-
-    def __init__(self, *, kube: Kube, namespace: str) -> None:
-        self.kube = kube
-        self.namespace = namespace
-
-    def create(self, name: str, **kw: Any) -> dict[str, Any]:
-        return self.kube.request("POST", ftj_collection(self.namespace), body=ftj_manifest(name, **kw))
-
-    def get(self, name: str) -> dict[str, Any] | None:
-        return self.kube.get(f"{ftj_collection(self.namespace)}/{name}")
-
-    def delete(self, name: str) -> None:
-        self.kube.request("DELETE", f"{ftj_collection(self.namespace)}/{name}")
-
-    def patch_spec(self, name: str, spec_patch: dict[str, Any]) -> dict[str, Any]:
-        return self.kube.request(
-            "PATCH",
-            f"{ftj_collection(self.namespace)}/{name}",
-            body={"spec": spec_patch},
-            content_type="application/merge-patch+json",
-        )
-
-    def wait(
-        self, name: str, ready: Callable[[dict[str, Any]], bool], *, what: str, timeout: float = 60
-    ) -> dict[str, Any]:
-        obj = wait_for(lambda: self.get(name) or {}, ready, what=f"FineTuneJob {name}: {what}", timeout=timeout)
-        return obj
-
-    def wait_phase(self, name: str, phase: str, *, timeout: float = 60) -> dict[str, Any]:
-        return self.wait(name, lambda obj: status_of(obj).get("phase") == phase, what=f"phase {phase}", timeout=timeout)
-
-    def children(self, plural: str, name: str) -> list[dict[str, Any]]:
-        path = collection_path(
-            api_version="batch/v1" if plural == "jobs" else "v1", plural=plural, namespace=self.namespace
-        )
-        return list(self.kube.request("GET", path, query=[("labelSelector", f"{FINETUNEJOB_LABEL}={name}")])["items"])
-
-    def everything(self, plural: str) -> list[dict[str, Any]]:
-        path = collection_path(
-            api_version="batch/v1" if plural == "jobs" else "v1", plural=plural, namespace=self.namespace
-        )
-        return list(self.kube.request("GET", path)["items"])
-
-    def event_reasons(self, name: str) -> list[str]:
-        path = collection_path(api_version="v1", plural="events", namespace=self.namespace)
-        selector = f"involvedObject.kind=FineTuneJob,involvedObject.name={name}"
-        items = self.kube.request("GET", path, query=[("fieldSelector", selector)])["items"]
-        # Timestamps have whole seconds; etcd's revision (the resourceVersion of a new object) orders them.
-        return [str(e["reason"]) for e in sorted(items, key=lambda e: int(e["metadata"]["resourceVersion"]))]
-
-
-def status_of(obj: dict[str, Any]) -> dict[str, Any]:
-    return dict(obj.get("status") or {})
-
-
-def condition_of(obj: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next((dict(c) for c in status_of(obj).get("conditions") or [] if c["type"] == type_), {})
 
 
 @pytest.fixture
