@@ -14,10 +14,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from kubetune_operator.k8s import Kube
 from kubetune_testenv.cluster import BinariesMissingError, Cluster, ControlPlane, ExistingCluster
+
+if TYPE_CHECKING:
+    from kubetune_testenv.real_node import RealNode
 
 REPO = Path(__file__).resolve().parents[1]
 LAMINI = REPO.parent / "shared" / "datasets" / "lamini_docs.jsonl"
@@ -41,6 +45,39 @@ def cluster() -> Iterator[Cluster]:
         yield plane
     finally:
         plane.stop()
+
+
+@pytest.fixture(scope="session")
+def real_node(cluster: Cluster) -> Iterator[RealNode]:
+    """A kubelet node of the session's control plane, with kubetune's images imported (marker ``real_node``).
+
+    Images are built from the repository's Dockerfiles on first use (minutes) and cached by content; the
+    node fails the test, never skips it, when this machine cannot run it.
+    """
+    from kubetune_testenv import images
+    from kubetune_testenv.real_node import NodeBusyError, NodeUnavailableError, RealNode
+
+    if not isinstance(cluster, ControlPlane):
+        pytest.fail("real-node tests need the local control plane: unset KUBETUNE_TEST_KUBECONFIG", pytrace=False)
+    problem = None
+    try:
+        archives = images.build_node_images()
+        node = RealNode(cluster, pause_image=images.PAUSE_IMAGE, image_archives=archives).start()
+    except (NodeUnavailableError, NodeBusyError, images.ImageBuildError) as error:
+        problem = str(error)
+    if problem is not None:
+        pytest.fail(problem, pytrace=False)
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="session")
+def admin(cluster: Cluster) -> Iterator[Kube]:
+    """The operator's own API client, authenticated as the cluster admin."""
+    with cluster.api_client() as api:
+        yield Kube(api_client=api)
 
 
 @pytest.fixture

@@ -40,12 +40,6 @@ def _create_or_keep(kube: Kube, path: str, body: dict[str, Any]) -> None:
 
 
 @pytest.fixture(scope="session")
-def admin(cluster: Cluster) -> Iterator[Kube]:
-    with cluster.api_client() as api:
-        yield Kube(api_client=api)
-
-
-@pytest.fixture(scope="session")
 def crd(admin: Kube) -> dict[str, Any]:
     """The committed CRD, installed and Established."""
     manifest: dict[str, Any] = yaml.safe_load(CRD_FILE.read_text(encoding="utf-8"))

@@ -1,0 +1,178 @@
+"""End-to-end fixtures: kubetune installed by its own Helm chart, running for real on the real node.
+
+The operator runs in a pod (image built from ``Dockerfile``) in namespace ``kubetune``; trainer pods (image
+from ``trainer_image/Dockerfile``) run in ``e2e-jobs``. Both namespaces enforce the ``restricted`` Pod
+Security Standard, so the API server itself admits or refuses every pod. Storage is hostPath
+PersistentVolumes under the node's work dir, bound to the claims FineTuneJobs name with pvc:// URIs:
+``models`` (a tiny random Llama with SmolLM2's tokenizer), ``datasets`` and ``outputs``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_env import (
+    CHART,
+    CLAIMS,
+    JOBS_NAMESPACE,
+    OPERATOR_NAMESPACE,
+    RELEASE,
+    RESTRICTED,
+    TRAINER_UID,
+    Release,
+    Volumes,
+    operator_log,
+    release_values,
+)
+from kube_objects import FineTuneJobs, ftj_collection, wait_for
+from kubetune_operator.k8s import ApiError, Kube, collection_path, object_path
+from kubetune_testenv.cluster import Cluster
+from kubetune_testenv.helm import find_helm, pinned_helm_version
+from kubetune_testenv.real_node import RealNode
+
+
+def _create_or_keep(kube: Kube, path: str, body: dict[str, Any]) -> None:
+    try:
+        kube.request("POST", path, body=body)
+    except ApiError as err:
+        if err.status != 409:
+            raise
+
+
+def _restricted_namespace(admin: Kube, name: str) -> None:
+    _create_or_keep(admin, "/api/v1/namespaces", {"metadata": {"name": name, "labels": RESTRICTED}})
+    wait_for(
+        lambda: admin.get(object_path(api_version="v1", plural="serviceaccounts", namespace=name, name="default")),
+        lambda sa: sa is not None,
+        what=f"namespace {name}'s default ServiceAccount",
+    )
+
+
+@pytest.fixture(scope="session")
+def kubetune_release(
+    cluster: Cluster, real_node: RealNode, admin: Kube, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Release]:
+    """``helm install`` of charts/kubetune with the operator image built here; uninstalled at the end."""
+    helm = find_helm()
+    if helm is None:
+        pytest.fail(f"helm {pinned_helm_version()} not found: run .ci/build-helm.sh", pytrace=False)
+    for namespace in (OPERATOR_NAMESPACE, JOBS_NAMESPACE):
+        _restricted_namespace(admin, namespace)
+    home = tmp_path_factory.mktemp("helm")
+    release = Release(helm=helm, kubeconfig=cluster.kubeconfig_path, home=home)
+    values = home / "values.json"
+    values.write_text(json.dumps(release_values()))
+    installed = release.helm_run(
+        "upgrade", "--install", RELEASE, str(CHART), f"--namespace={OPERATOR_NAMESPACE}",
+        f"--values={values}", "--wait", "--timeout=300s",
+    )  # fmt: skip
+    if installed.returncode != 0:
+        details = _operator_pod_details(admin)
+        pytest.fail(f"helm install failed:\n{installed.stdout}\n{installed.stderr}\n{details}", pytrace=False)
+    try:
+        yield release
+    finally:
+        release.helm_run("uninstall", RELEASE, f"--namespace={OPERATOR_NAMESPACE}", "--wait", "--timeout=120s")
+
+
+def _operator_pod_details(admin: Kube) -> str:
+    pods = admin.request("GET", collection_path(api_version="v1", plural="pods", namespace=OPERATOR_NAMESPACE))
+    return json.dumps([{"name": p["metadata"]["name"], "status": p.get("status")} for p in pods["items"]], indent=1)
+
+
+@pytest.fixture(scope="session")
+def volumes(
+    real_node: RealNode,
+    kubetune_release: Release,
+    admin: Kube,
+    tiny_model_dir: Path,
+    lamini_subset: Callable[[int], Path],
+) -> Volumes:
+    """The claims of ``e2e-jobs``, bound to hostPath volumes; they go away with the node's work dir."""
+    root = real_node.layout.workdir / "volumes"
+    for claim in CLAIMS:
+        directory = root / claim
+        directory.mkdir(parents=True, exist_ok=True)
+        pv_name = f"e2e-{claim}"
+        _create_or_keep(
+            admin,
+            "/api/v1/persistentvolumes",
+            {
+                "metadata": {"name": pv_name},
+                "spec": {
+                    "capacity": {"storage": "10Gi"},
+                    "accessModes": ["ReadWriteMany"],
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "storageClassName": "e2e-hostpath",
+                    "hostPath": {"path": str(directory), "type": "Directory"},
+                    "claimRef": {"namespace": JOBS_NAMESPACE, "name": claim},
+                },
+            },
+        )
+        _create_or_keep(
+            admin,
+            collection_path(api_version="v1", plural="persistentvolumeclaims", namespace=JOBS_NAMESPACE),
+            {
+                "metadata": {"name": claim},
+                "spec": {
+                    "accessModes": ["ReadWriteMany"],
+                    "storageClassName": "e2e-hostpath",
+                    "volumeName": pv_name,
+                    "resources": {"requests": {"storage": "1Gi"}},
+                },
+            },
+        )
+    shutil.copytree(tiny_model_dir, root / "models" / "tiny", dirs_exist_ok=True)
+    shutil.copy(lamini_subset(64), root / "datasets" / "lamini-64.jsonl")
+    # Line 2 has no answer: the trainer's validation names it and exits 65 (BadData).
+    (root / "datasets" / "bad.jsonl").write_text(
+        '{"question": "What is kubetune?", "answer": "A fine-tuning operator."}\n{"question": "And?"}\n',
+        encoding="utf-8",
+    )
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    os.chown(root / "outputs", TRAINER_UID, TRAINER_UID)
+    for claim in CLAIMS:
+        wait_for(
+            lambda claim=claim: admin.get(  # type: ignore[misc]
+                object_path(api_version="v1", plural="persistentvolumeclaims", namespace=JOBS_NAMESPACE, name=claim)
+            ),
+            lambda pvc: (pvc or {}).get("status", {}).get("phase") == "Bound",
+            what=f"claim {claim} Bound",
+        )
+    return Volumes(root)
+
+
+@pytest.fixture
+def ftjs(admin: Kube, volumes: Volumes, kubetune_release: Release) -> Iterator[FineTuneJobs]:
+    """FineTuneJobs in ``e2e-jobs``; each test's jobs are deleted and their pods awaited afterwards."""
+    jobs = FineTuneJobs(kube=admin, namespace=JOBS_NAMESPACE)
+    yield jobs
+    for item in admin.request("GET", ftj_collection(JOBS_NAMESPACE))["items"]:
+        try:
+            jobs.delete(item["metadata"]["name"])
+        except ApiError as err:
+            if err.status != 404:
+                raise
+    wait_for(lambda: jobs.everything("pods"), lambda pods: not pods, what="the test's pods to be gone", timeout=120)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """On a failed e2e test, attach the in-cluster operator's log tail."""
+    report = yield
+    admin = getattr(item, "funcargs", {}).get("admin")
+    if report.failed and report.when == "call" and isinstance(admin, Kube):
+        try:
+            report.sections.append(("operator pod log (tail)", operator_log(admin)))
+        except Exception as error:  # a report helper must not hide the real failure
+            report.sections.append(("operator pod log", f"unavailable: {error}"))
+    return report
