@@ -28,6 +28,10 @@ GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 CONFIG_VOLUME = "trainer-config"
 SHM_VOLUME = "dshm"
 CACHE_VOLUME = "cache"
+SCRATCH_VOLUME = "tmp"
+# The root filesystem is read-only; /tmp is an emptyDir and HOME points there (torch, triton and other
+# libraries write caches under HOME or /tmp).
+SCRATCH_DIR = "/tmp"
 # Downloads (hf://, s3://) and GGUF conversions; the trainer reads the path from KUBETUNE_CACHE_DIR.
 CACHE_DIR = "/var/cache/kubetune"
 
@@ -80,6 +84,7 @@ def _env(*, ftj: FineTuneJob, settings: OperatorSettings) -> list[dict[str, Any]
         {"name": "MASTER_PORT", "value": str(settings.master_port)},
         {"name": "KUBETUNE_CACHE_DIR", "value": CACHE_DIR},
         {"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"},
+        {"name": "HOME", "value": SCRATCH_DIR},
     ]
     if spec.resources.gpus_per_node == 0:
         # A pod without a GPU limit on a GPU node still sees every GPU there (the trainer image's
@@ -128,10 +133,12 @@ def _volumes_and_mounts(*, ftj: FineTuneJob) -> tuple[list[dict[str, Any]], list
         {"name": CONFIG_VOLUME, "configMap": {"name": child_names(name=ftj.metadata.name).config_map}},
         # The node's ephemeral storage rather than the container's writable layer.
         {"name": CACHE_VOLUME, "emptyDir": {}},
+        {"name": SCRATCH_VOLUME, "emptyDir": {}},
     ]
     mounts: list[dict[str, Any]] = [
         {"name": CONFIG_VOLUME, "mountPath": CONFIG_MOUNT_PATH, "readOnly": True},
         {"name": CACHE_VOLUME, "mountPath": CACHE_DIR},
+        {"name": SCRATCH_VOLUME, "mountPath": SCRATCH_DIR},
     ]
     for index, mount in enumerate(claim_mounts(spec=ftj.spec)):
         # Claim names can exceed a volume name's 63 characters; the index keeps volume names short and unique.
@@ -173,6 +180,7 @@ def _container_security_context(*, settings: OperatorSettings) -> dict[str, Any]
         "runAsUser": settings.run_as_user,
         "runAsGroup": settings.run_as_group,
         "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
     }

@@ -234,6 +234,15 @@ def test_downloads_go_to_a_cache_volume_the_trainer_finds_through_its_env(make_f
     assert env_of(job)["HF_HOME"]["value"].startswith(cache_dir)
 
 
+def test_the_root_filesystem_is_read_only_and_home_and_tmp_are_a_scratch_volume(make_ftj: MakeFtj) -> None:
+    job = job_for(make_ftj)
+    assert trainer(job)["securityContext"]["readOnlyRootFilesystem"] is True
+    (mount,) = [m for m in trainer(job)["volumeMounts"] if m["mountPath"] == "/tmp"]
+    (volume,) = [v for v in pod_spec(job)["volumes"] if v["name"] == mount["name"]]
+    assert volume["emptyDir"] == {} and not mount.get("readOnly")
+    assert env_of(job)["HOME"]["value"] == "/tmp"
+
+
 def test_qlora_job_uses_the_operator_default_image_unless_the_spec_names_one(make_ftj: MakeFtj) -> None:
     settings = OperatorSettings(trainer_image="registry.local/trainer:1", trainer_image_pull_policy="Always")
     qlora = job_for(make_ftj, settings, method={"type": "qlora", "quantization": {"quantType": "nf4"}})
