@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import certs, hostnet, kubeconfig, processes, stages
+from .mounts import unmount_all
 from .nodes import DEFAULT_POOLS, KWOK_NODE_ANNOTATION, KWOK_NODE_ANNOTATION_VALUE, NodePool, all_node_manifests
 from .versions import Binaries, binaries
 
@@ -125,6 +126,9 @@ def remove_stale_workdirs(parent: Path | None = None) -> list[Path]:
         except (OSError, ValueError):
             continue
         if owner != os.getpid() and not Path(f"/proc/{owner}").exists():
+            # A real node's pods leave mounts here (container root filesystems, volumes, network
+            # namespaces); removing files through them would reach into what they mount.
+            unmount_all((directory,))
             shutil.rmtree(directory, ignore_errors=True)
             removed.append(directory)
     return removed

@@ -31,6 +31,7 @@ from typing import IO, TYPE_CHECKING
 import yaml
 
 from . import certs, kubeconfig, node_config, processes
+from .mounts import mount_points, unmount_all
 from .node_config import NodeLayout
 from .versions import cache_root
 
@@ -102,33 +103,6 @@ def _run(argv: list[str], *, check: bool = True, timeout: float = 120) -> subpro
 
 
 # -- teardown helpers: each works from what is on the machine, so it also cleans after a crash ----------
-
-
-def mounts_under(paths: tuple[Path, ...]) -> list[str]:
-    """Mount points below any of ``paths`` (or equal to one), deepest first."""
-    roots = [str(path.resolve()) for path in paths]
-    found = []
-    with open("/proc/self/mountinfo") as handle:
-        for line in handle:
-            # Field 5 is the mount point; spaces and such are octal-escaped (\040).
-            point = line.split()[4].encode().decode("unicode_escape")
-            if any(point == root or point.startswith(root + "/") for root in roots):
-                found.append(point)
-    return sorted(set(found), key=lambda point: (-point.count("/"), point))
-
-
-def unmount_all(paths: tuple[Path, ...]) -> list[str]:
-    """Unmount everything below ``paths``; lazily when a mount is busy. Returns what it unmounted."""
-    done = []
-    for _ in range(5):  # bind mounts can stack several deep on one point
-        points = mounts_under(paths)
-        if not points:
-            break
-        for point in points:
-            if _run(["umount", point], check=False).returncode != 0:
-                _run(["umount", "-l", point], check=False)
-            done.append(point)
-    return done
 
 
 def cgroup_dirs(cgroup_root: str) -> list[Path]:
@@ -593,15 +567,10 @@ def sweep(settings: NodeSettings, *, kube: Path) -> None:
     for pid in shim_pids("kubetune-testenv-"):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    stale = [Path(point) for point in _mount_points() if "/kubetune-testenv-" in point and "/node/" in point]
+    stale = [Path(point) for point in mount_points() if "/kubetune-testenv-" in point and "/node/" in point]
     if stale:
         unmount_all(tuple(stale))
     unmount_all((node_state_dir() / "containerd",))
     delete_link(settings.bridge)
     remove_cgroups(settings.cgroup_root)
     kube_proxy_cleanup(kube)
-
-
-def _mount_points() -> list[str]:
-    with open("/proc/self/mountinfo") as handle:
-        return [line.split()[4].encode().decode("unicode_escape") for line in handle]
