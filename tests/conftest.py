@@ -61,9 +61,10 @@ def real_node(cluster: Cluster) -> Iterator[RealNode]:
         pytest.fail("real-node tests need the local control plane: unset KUBETUNE_TEST_KUBECONFIG", pytrace=False)
     problem = None
     try:
-        archives = images.build_node_images()
+        # The local base image only matters to the builds; the node needs pause, operator and trainer.
+        archives = tuple(image.archive for image in images.build_images() if image.reference != images.BASE_IMAGE)
         node = RealNode(cluster, pause_image=images.PAUSE_IMAGE, image_archives=archives).start()
-    except (NodeUnavailableError, NodeBusyError, images.ImageBuildError) as error:
+    except (NodeUnavailableError, NodeBusyError, images.ImagesError) as error:
         problem = str(error)
     if problem is not None:
         pytest.fail(problem, pytrace=False)

@@ -21,7 +21,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from typing import IO, TYPE_CHECKING
 
 import yaml
 
-from . import certs, kubeconfig, node_config, processes
+from . import certs, images, kubeconfig, node_config, processes
 from .mounts import mount_points, unmount_all
 from .node_config import NodeLayout
 from .versions import cache_root
@@ -312,11 +311,11 @@ class RealNode:
         The kubelet then finds the image without a registry (pods use imagePullPolicy IfNotPresent or
         Never). containerd's store is kept between sessions, so an unchanged image costs nothing.
         """
-        refs = archive_refs(archive)
+        refs = images.archive_manifests(archive)
         have = self.image_digests()
         if refs and all(have.get(name) == digest for name, digest in refs.items()):
             return False
-        self.ctr("images", "import", str(archive), timeout=1800)
+        images.import_image(archive, containerd_address=self.socket, namespace=CONTAINERD_NAMESPACE)
         return True
 
     # -- components ------------------------------------------------------------------------------------
@@ -372,7 +371,7 @@ class RealNode:
         if self.pause_image not in self.image_names():
             raise NodeUnavailableError(
                 f"the pause image {self.pause_image} is not in the node's containerd; import it first "
-                "(kubetune_testenv.images builds it)"
+                "(python -m kubetune_testenv images builds it)"
             )
 
     def _remove_leftover_containers(self) -> None:
@@ -499,29 +498,6 @@ class RealNode:
                 process=kubelet,
                 interval=0.5,
             )
-
-
-def archive_refs(archive: Path) -> dict[str, str]:
-    """Image names and manifest digests an OCI archive's index.json names."""
-    with tarfile.open(archive) as tar:
-        member = tar.extractfile("index.json")
-        if member is None:
-            return {}
-        index = json.load(member)
-    refs = {}
-    for manifest in index.get("manifests", []):
-        name = (manifest.get("annotations") or {}).get("org.opencontainers.image.ref.name")
-        if name:
-            refs[_normalized(name)] = manifest["digest"]
-    return refs
-
-
-def _normalized(name: str) -> str:
-    """The name containerd stores: a bare repository gets docker.io (and library/ for one component)."""
-    first = name.split("/", 1)[0]
-    if "/" not in name or ("." not in first and ":" not in first and first != "localhost"):
-        name = f"docker.io/{name}" if "/" in name else f"docker.io/library/{name}"
-    return name
 
 
 def kube_proxy_cleanup(kube: Path) -> None:

@@ -1,13 +1,8 @@
-"""The real node's teardown helpers that need no root: iptables chain removal, OCI archive names."""
+"""The real node's teardown helpers that need no root: iptables chain removal."""
 
 from __future__ import annotations
 
-import io
-import json
-import tarfile
-from pathlib import Path
-
-from kubetune_testenv.real_node import archive_refs, kube_chain_removal
+from kubetune_testenv.real_node import kube_chain_removal
 
 SAVED = """\
 *filter
@@ -54,31 +49,3 @@ def test_jumps_go_first_then_flush_then_delete_and_nothing_else_is_touched() -> 
 
 def test_a_host_without_kube_chains_gets_no_commands() -> None:
     assert kube_chain_removal("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j ACCEPT\nCOMMIT\n") == []
-
-
-def _archive(path: Path, names: list[str]) -> Path:
-    index = {
-        "schemaVersion": 2,
-        "manifests": [
-            {"digest": f"sha256:{i:064d}", "annotations": {"org.opencontainers.image.ref.name": name}}
-            for i, name in enumerate(names)
-        ],
-    }
-    data = json.dumps(index).encode()
-    with tarfile.open(path, "w") as tar:
-        info = tarfile.TarInfo("index.json")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    return path
-
-
-def test_archive_names_are_normalized_as_containerd_stores_them(tmp_path: Path) -> None:
-    refs = archive_refs(
-        _archive(tmp_path / "a.tar", ["kubetune/trainer:0.1.0", "localhost/kubetune/pause:3.10", "busybox:1"])
-    )
-    assert list(refs) == [
-        "docker.io/kubetune/trainer:0.1.0",
-        "localhost/kubetune/pause:3.10",
-        "docker.io/library/busybox:1",
-    ]
-    assert refs["docker.io/kubetune/trainer:0.1.0"] == f"sha256:{0:064d}"
