@@ -328,6 +328,10 @@ class RealNode:
     def log_path(self, component: str) -> Path:
         return self.layout.workdir / "logs" / f"{component}.log"
 
+    def dead_components(self) -> list[str]:
+        """Names of the node's processes that have exited (empty while the node is healthy)."""
+        return [process.name for process in self._processes if not process.alive()]
+
     def _acquire_lock(self) -> None:
         lock_path = node_state_dir() / "node.lock"
         lock_path.parent.mkdir(parents=True, exist_ok=True)
