@@ -12,7 +12,7 @@ The training loop uses only these names::
 """
 
 from kubetune_trainer.data.packing import block_causal_mask, collate, plan_batches
-from kubetune_trainer.data.prepare import prepare_data
+from kubetune_trainer.data.prepare import check_data, prepare_data
 from kubetune_trainer.data.report import REPORT_FILE_NAME
 from kubetune_trainer.data.types import (
     IGNORE_INDEX,
@@ -40,6 +40,7 @@ __all__ = [
     "TokenStats",
     "TokenizedExample",
     "block_causal_mask",
+    "check_data",
     "collate",
     "plan_batches",
     "prepare_data",

@@ -95,29 +95,8 @@ def prepare_data(
     ``remote_fs`` stands in for the s3 filesystem (tests, or a store configured by the caller).
     """
     collector = _Collector(report=DataReport(max_seq_length=dataset.max_seq_length), report_dir=report_dir)
-    train = _load(dataset.train, role="train", dataset=dataset, out=collector, pvc_root=pvc_root, fs=remote_fs)
-    validation: list[Example] = []
-    if dataset.validation is not None:
-        validation = _load(
-            [dataset.validation], role="validation", dataset=dataset, out=collector, pvc_root=pvc_root, fs=remote_fs
-        )
-    if not train and not collector.report.error_count:
-        collector.error(DataIssue(", ".join(dataset.train), "train", "no training records"))
-    collector.fail_if_errors("data validation failed")
-
+    train, validation = _read(dataset, seed=seed, out=collector, pvc_root=pvc_root, fs=remote_fs)
     report = collector.report
-    report.records = len(train) + len(validation)
-    if dataset.validation is not None:
-        report.validation_source = "file"
-    elif dataset.validation_split is not None:
-        report.validation_source = "split"
-        try:
-            train, validation = split_examples(train, fraction=dataset.validation_split, seed=seed)
-        except ValueError as err:
-            collector.error(DataIssue(", ".join(dataset.train), "validationSplit", str(err)))
-            collector.fail_if_errors("data validation failed")
-
-    log.info("read %d records (%d skipped) from %d files", report.records, report.skipped, len(report.files))
     try:
         train_tokens = _tokenize(train, tokenizer=tokenizer, dataset=dataset, out=collector)
         validation_tokens = _tokenize(validation, tokenizer=tokenizer, dataset=dataset, out=collector)
@@ -153,6 +132,58 @@ def prepare_data(
     return PreparedData(
         train=train_tokens, validation=validation_tokens, report=report, dataset_sha256=collector.hasher.hexdigest()
     )
+
+
+def check_data(
+    dataset: DatasetSpec,
+    *,
+    seed: int,
+    pvc_root: PurePosixPath = PVC_MOUNT_ROOT,
+    remote_fs: AbstractFileSystem | None = None,
+) -> DataReport:
+    """The validation pass of :func:`prepare_data` without a tokenizer: read, parse, validate and split.
+
+    Raises :class:`DataError` on the same problems, naming the same records; the report has no token
+    statistics. ``kubetune validate-data`` runs this when it is given no tokenizer.
+    """
+    collector = _Collector(report=DataReport(max_seq_length=dataset.max_seq_length), report_dir=None)
+    train, validation = _read(dataset, seed=seed, out=collector, pvc_root=pvc_root, fs=remote_fs)
+    report = collector.report
+    report.train_examples, report.validation_examples = len(train), len(validation)
+    _warn(report, train=train, validation=validation)
+    return report
+
+
+def _read(
+    dataset: DatasetSpec,
+    *,
+    seed: int,
+    out: _Collector,
+    pvc_root: PurePosixPath,
+    fs: AbstractFileSystem | None,
+) -> tuple[list[Example], list[Example]]:
+    """Every file read and parsed, then the validation split made: (train, validation) examples."""
+    train = _load(dataset.train, role="train", dataset=dataset, out=out, pvc_root=pvc_root, fs=fs)
+    validation: list[Example] = []
+    if dataset.validation is not None:
+        validation = _load([dataset.validation], role="validation", dataset=dataset, out=out, pvc_root=pvc_root, fs=fs)
+    if not train and not out.report.error_count:
+        out.error(DataIssue(", ".join(dataset.train), "train", "no training records"))
+    out.fail_if_errors("data validation failed")
+
+    report = out.report
+    report.records = len(train) + len(validation)
+    if dataset.validation is not None:
+        report.validation_source = "file"
+    elif dataset.validation_split is not None:
+        report.validation_source = "split"
+        try:
+            train, validation = split_examples(train, fraction=dataset.validation_split, seed=seed)
+        except ValueError as err:
+            out.error(DataIssue(", ".join(dataset.train), "validationSplit", str(err)))
+            out.fail_if_errors("data validation failed")
+    log.info("read %d records (%d skipped) from %d files", report.records, report.skipped, len(report.files))
+    return train, validation
 
 
 def _load(
