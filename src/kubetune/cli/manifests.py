@@ -1,0 +1,82 @@
+"""Commands that need no cluster: ``crd``, ``docs``, ``validate``; and reading manifests for ``submit``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from kubetune.api.resource import KIND
+from kubetune.api.validation import validate_manifest_file
+from kubetune.cli.errors import CliError, CliExit
+
+OutputFileOption = Annotated[
+    str | None, typer.Option("-o", "--output", help="Write to this file (atomically) instead of stdout.")
+]
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _emit(text: str, output: str | None) -> None:
+    if output is None or output == "-":
+        sys.stdout.write(text)
+    else:
+        _write_atomically(Path(output), text)
+
+
+def crd(output: OutputFileOption = None) -> int:
+    """Print the FineTuneJob CustomResourceDefinition, generated from the API models."""
+    from kubetune.api.crd import render_crd_yaml
+
+    _emit(render_crd_yaml(), output)
+    return CliExit.OK
+
+
+def docs(output: OutputFileOption = None) -> int:
+    """Print the API reference (Markdown), generated from the API models."""
+    from kubetune.api.docs import render_api_markdown
+
+    _emit(render_api_markdown(), output)
+    return CliExit.OK
+
+
+def validate(
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="A YAML file with one or more FineTuneJob documents.")],
+) -> int:
+    """Check FineTuneJob manifests offline, naming each bad field. Exits 1 when one is invalid."""
+    problems = validate_manifest_file(file)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if not problems:
+        print(f"{file}: valid")
+    # 1, not INVALID: this command's exit code predates the others' and scripts rely on it.
+    return CliExit.ERROR if problems else CliExit.OK
+
+
+def read_finetunejobs(path: Path) -> list[dict[str, Any]]:
+    """The FineTuneJob documents of a file, validated as ``kubetune validate`` does; every problem is named
+    (one line each) in the ``CliError`` raised before anything could be sent."""
+    if not path.is_file():
+        raise CliError(f"{path}: no such file")
+    problems = validate_manifest_file(path)
+    documents: list[Any] = []
+    if not problems:
+        documents = [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc is not None]
+        problems = [
+            f"{path} document {index}: kind: expected {KIND}, got {doc.get('kind')!r}"
+            for index, doc in enumerate(documents)
+            if doc.get("kind") != KIND
+        ]
+        if not documents:
+            problems = [f"{path}: no {KIND} documents"]
+    if problems:
+        noun = "problem" if len(problems) == 1 else "problems"
+        raise CliError(f"{path}: {len(problems)} {noun}; nothing was submitted", code=CliExit.INVALID, details=problems)
+    return [dict(doc) for doc in documents]
