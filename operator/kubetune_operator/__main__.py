@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 
 import kopf
@@ -26,6 +27,15 @@ def api_client() -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
+def operator_identity() -> str:
+    """Who this replica is in kopf's peering records: the pod's name (its hostname) and the process.
+
+    kopf's default asks the password database for the user's name, and the operator image's numeric
+    non-root UID has no entry there: the operator crashed at start-up in a real pod.
+    """
+    return f"kubetune@{socket.gethostname()}/{os.getpid()}"
+
+
 def main() -> int:
     try:
         settings = OperatorSettings.from_env(environ=os.environ)
@@ -45,6 +55,7 @@ def main() -> int:
     register(registry=registry, settings=settings, kube=kube, metrics=metrics)
     kopf.run(
         registry=registry,
+        identity=operator_identity(),
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
         standalone=settings.peering_name is None,

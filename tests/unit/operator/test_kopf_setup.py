@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 import kopf
+import pytest
 from kubetune_operator.handlers import FINALIZER, configure_kopf, register
 from kubetune_operator.k8s import Kube
 from kubetune_operator.metrics import OperatorMetrics
@@ -36,3 +39,21 @@ def test_handlers_watch_finetunejobs_and_their_labelled_jobs_and_pods() -> None:
     assert watched == {("batch", "jobs"), ("", "pods")}
     for handler in registry._watching.get_all_handlers():
         assert "kubetune.io/finetunejob" in (handler.labels or {})
+
+
+def test_the_operators_identity_needs_no_password_database_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    import getpass
+    import pwd
+
+    from kubetune_operator.__main__ import operator_identity
+
+    def no_entry(uid: int) -> pwd.struct_passwd:
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+    for variable in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        monkeypatch.delenv(variable, raising=False)
+    with pytest.raises(KeyError):
+        getpass.getuser()  # what kopf's default identity calls: the crash in a pod with a numeric UID
+    identity = operator_identity()
+    assert identity.startswith("kubetune@") and identity.endswith(f"/{os.getpid()}")
