@@ -55,7 +55,7 @@ def main() -> int:
     register(registry=registry, settings=settings, kube=kube, metrics=metrics)
     kopf.run(
         registry=registry,
-        identity=operator_identity(),
+        identity=operator_identity(),  # type: ignore[arg-type]  # kopf.Identity, a NewType of str, is not exported
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
         standalone=settings.peering_name is None,
