@@ -67,13 +67,20 @@ def _collection(namespace: str | None) -> str:
 
 
 def create(conn: Connection, *, manifest: Mapping[str, Any], namespace: str) -> Obj:
+    """Create the FineTuneJob unless one of that name exists.
+
+    It is created by a server-side apply, so a later ``--apply`` of an edited file is the same field
+    manager's next apply: it updates what changed and drops what the file no longer sets, where fields
+    created by a POST would belong to another operation and conflict.
+    """
     name = str(manifest["metadata"]["name"])
     try:
-        return conn.kube.request("POST", _collection(namespace), body=manifest)
+        exists = conn.kube.get(finetunejob_path(namespace=namespace, name=name)) is not None
     except ApiError as err:
-        if err.status == 409:
-            raise CliError(f"{describe(namespace, name)} already exists (--apply updates it)") from None
         raise api_failure(err, what=describe(namespace, name), server=conn.server) from None
+    if exists:
+        raise CliError(f"{describe(namespace, name)} already exists (--apply updates it)")
+    return apply(conn, manifest=manifest, namespace=namespace, force_conflicts=False)
 
 
 def apply(conn: Connection, *, manifest: Mapping[str, Any], namespace: str, force_conflicts: bool) -> Obj:

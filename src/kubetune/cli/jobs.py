@@ -138,15 +138,15 @@ def logs(
 
 
 def list_(
-    all_namespaces: Annotated[bool, typer.Option("-A", "--all-namespaces", help="List every namespace's.")] = False,
+    all_namespaces: Annotated[
+        bool, typer.Option("-A", "--all-namespaces", help="List every namespace's (overrides --namespace).")
+    ] = False,
     output: OutputOption = OutputFormat.text,
     namespace: NamespaceOption = None,
     kubeconfig: KubeconfigOption = None,
     context: ContextOption = None,
 ) -> int:
     """FineTuneJobs: NAME, PHASE, PROGRESS, LOSS, AGE."""
-    if all_namespaces and namespace:
-        raise CliError("use --namespace or --all-namespaces, not both", code=CliExit.USAGE)
     conn = connect(Target(kubeconfig=kubeconfig, context=context, namespace=namespace))
     objects = finetunejobs.list_all(conn, namespace=None if all_namespaces else conn.namespace)
     if output is not OutputFormat.text:

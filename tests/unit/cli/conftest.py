@@ -120,6 +120,14 @@ class FakeKube:
         )
         return copy.deepcopy(self._answer(method, path))
 
+    def get(self, path: str) -> Any:
+        try:
+            return self.request("GET", path)
+        except ApiError as err:
+            if err.status == 404:
+                return None
+            raise
+
     def request_text(self, path: str, *, query: Any = ()) -> str:
         self.requests.append({"method": "GET", "path": path, "query": list(query)})
         return str(self._answer("GET", path))

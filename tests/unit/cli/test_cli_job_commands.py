@@ -41,13 +41,16 @@ def test_submit_with_a_bad_field_names_it_exits_invalid_and_sends_nothing(
     assert cluster.requests == []
 
 
-def test_submit_creates_the_job_in_the_context_namespace(
+def test_submit_creates_the_job_in_the_context_namespace_by_server_side_apply(
     tmp_path: Path, cluster: FakeKube, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cluster.answers[("POST", FTJ_PATH)] = ftj("demo")
+    cluster.answers[("PATCH", f"{FTJ_PATH}/demo")] = ftj("demo")
     assert main(["submit", "-f", manifest(tmp_path, GOOD)]) == 0
-    (sent,) = cluster.requests
+    looked, sent = cluster.requests
+    assert (looked["method"], looked["path"]) == ("GET", f"{FTJ_PATH}/demo")
+    assert sent["content_type"] == "application/apply-patch+yaml"
     assert sent["body"]["metadata"] == {"name": "demo", "namespace": "team"}
+    assert sent["query"] == [("fieldManager", "kubetune"), ("force", "false")]
     assert capsys.readouterr().out == "finetunejob.kubetune.io/demo created in namespace team\n"
 
 
@@ -65,7 +68,7 @@ def test_submit_apply_is_a_server_side_apply_with_our_field_manager(
 def test_submit_of_an_existing_job_says_so_in_one_line(
     tmp_path: Path, cluster: FakeKube, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cluster.answers[("POST", FTJ_PATH)] = ApiError(status=409, reason="AlreadyExists", message="exists")
+    cluster.answers[("GET", f"{FTJ_PATH}/demo")] = ftj("demo")
     assert main(["submit", "-f", manifest(tmp_path, GOOD)]) == CliExit.ERROR
     assert stderr_lines(capsys) == ["kubetune: error: FineTuneJob team/demo already exists (--apply updates it)"]
 
@@ -74,7 +77,7 @@ def test_submit_rejected_by_the_api_server_schema_is_an_invalid_spec(
     tmp_path: Path, cluster: FakeKube, capsys: pytest.CaptureFixture[str]
 ) -> None:
     message = 'FineTuneJob.kubetune.io "demo" is invalid: spec.hyperparameters.epochs: Invalid value: 0'
-    cluster.answers[("POST", FTJ_PATH)] = ApiError(status=422, reason="Invalid", message=message)
+    cluster.answers[("PATCH", f"{FTJ_PATH}/demo")] = ApiError(status=422, reason="Invalid", message=message)
     assert main(["submit", "-f", manifest(tmp_path, GOOD)]) == CliExit.INVALID
     assert "spec.hyperparameters.epochs" in stderr_lines(capsys)[-1]
 
@@ -203,9 +206,10 @@ def test_list_of_nothing_says_so_on_stderr(cluster: FakeKube, capsys: pytest.Cap
     assert captured.out == "" and captured.err == "No FineTuneJobs in namespace team.\n"
 
 
-def test_list_namespace_and_all_namespaces_conflict(cluster: FakeKube, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["list", "-n", "x", "-A"]) == CliExit.USAGE
-    assert cluster.requests == []
+def test_list_all_namespaces_overrides_namespace_as_in_kubectl(cluster: FakeKube) -> None:
+    cluster.answers[("GET", "/apis/kubetune.io/v1alpha1/finetunejobs")] = {"items": []}
+    assert main(["list", "-n", "x", "-A"]) == 0
+    assert [r["path"] for r in cluster.requests] == ["/apis/kubetune.io/v1alpha1/finetunejobs"]
 
 
 def test_list_without_the_crd_says_kubetune_is_missing(cluster: FakeKube, capsys: pytest.CaptureFixture[str]) -> None:
