@@ -1,9 +1,16 @@
 # The kubetune operator image: the kopf operator and the API models, no torch.
 #   docker build -t kubetune/operator:0.1.0 .
 # The trainer image is built from trainer_image/ (it needs CUDA, PyTorch and the training stack).
-FROM python:3.11-slim AS build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/venv
+#
+# Build argument BASE_IMAGE: any image with Python 3.11 as python3 (default python:3.11-slim from the
+# registry). The test environment builds without a registry on a Debian bookworm base of its own:
+#   --build-arg BASE_IMAGE=localhost/kubetune/python:3.11-bookworm   (python -m kubetune_testenv images)
+# Both stages use the same base: the venv's python links to the base's python3.
+ARG BASE_IMAGE=python:3.11-slim
+
+FROM ${BASE_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python3 -m venv /opt/venv
 WORKDIR /src
 # setuptools' package-dir names all four packages, so all four source folders must be present.
 COPY pyproject.toml README.md ./
@@ -11,9 +18,10 @@ COPY src/ src/
 COPY operator/ operator/
 COPY trainer_image/ trainer_image/
 COPY testenv/ testenv/
-RUN /opt/venv/bin/pip install '.[operator]'
+# pip's wheel cache lives in a build cache mount, never in the image.
+RUN --mount=type=cache,target=/root/.cache/pip /opt/venv/bin/pip install '.[operator]'
 
-FROM python:3.11-slim
+FROM ${BASE_IMAGE}
 COPY --from=build /opt/venv /opt/venv
 # No .pyc writes (the chart mounts the root filesystem read-only); logs reach kubectl logs at once.
 ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
