@@ -1,4 +1,4 @@
-"""``python -m kubetune_testenv build|up|paths``: build the binaries or run a local control plane."""
+"""``python -m kubetune_testenv build|up|paths|images``: build the binaries or images, run a local control plane."""
 
 from __future__ import annotations
 
@@ -36,6 +36,20 @@ def _paths(args: argparse.Namespace) -> int:
     return 0 if not out.missing() else 1
 
 
+def _images(args: argparse.Namespace) -> int:
+    from .images import ImagesError, build_images
+
+    try:
+        images = build_images(force=args.force)
+    except ImagesError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for image in images:
+        what = f"built in {image.seconds:.0f}s" if image.rebuilt else "cached"
+        print(f"{image.reference} {image.archive} {image.archive_bytes / 2**20:.0f}MiB {what}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kubetune_testenv", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -53,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     up.set_defaults(func=_up)
     paths = commands.add_parser("paths", help="list the binaries and whether they exist")
     paths.set_defaults(func=_paths)
+    images = commands.add_parser(
+        "images", help="build or reuse the pause, base, operator and trainer images (root, buildah; cold: minutes)"
+    )
+    images.add_argument("--force", action="store_true", help="rebuild even if the cached archives are current")
+    images.set_defaults(func=_images)
     args = parser.parse_args(argv)
     code: int = args.func(args)
     return code
