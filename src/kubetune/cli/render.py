@@ -250,7 +250,7 @@ def condition_rows(status: FineTuneJobStatus, *, now: datetime) -> list[tuple[st
 
 
 def status_renderable(view: JobView, *, now: datetime) -> RenderableType:
-    """The status view: fields, a progress bar while training, the conditions."""
+    """The status view: fields, a progress bar until the job finishes, the conditions."""
     fields = Table.grid(padding=(0, 2))
     fields.add_column(style="bold", no_wrap=True)
     fields.add_column(overflow="fold")
@@ -258,7 +258,7 @@ def status_renderable(view: JobView, *, now: datetime) -> RenderableType:
         fields.add_row(label, value)
     parts: list[RenderableType] = [fields]
     progress = view.status.progress
-    if progress is not None and progress.total_steps:
+    if progress is not None and progress.total_steps and not view.finished:
         bar = ProgressBar(total=progress.total_steps, completed=min(progress.step, progress.total_steps), width=40)
         parts += [Text(""), bar]
     conditions = condition_rows(view.status, now=now)
