@@ -81,3 +81,20 @@ def test_an_unknown_context_is_named(tmp_path: Path, no_home_config: None) -> No
     with pytest.raises(CliError) as err:
         connect(Target(kubeconfig=str(path), context="staging"))
     assert err.value.message == f"--context: no context named 'staging' in {path}"
+
+
+def test_in_a_pod_without_kubeconfig_the_service_account_and_its_namespace_are_used(
+    tmp_path: Path, no_home_config: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kubetune.cli import connection
+
+    def load_incluster_config(*, client_configuration: Any) -> None:
+        client_configuration.host = "https://10.96.0.1:443"
+
+    namespace_file = tmp_path / "namespace"
+    namespace_file.write_text("ml-team\n")
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setattr(connection.kube_config, "load_incluster_config", load_incluster_config)
+    monkeypatch.setattr(connection, "IN_CLUSTER_NAMESPACE_FILE", namespace_file)
+    conn = connect(Target())
+    assert (conn.server, conn.namespace) == ("https://10.96.0.1:443", "ml-team")

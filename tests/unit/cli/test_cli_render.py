@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 import yaml
-from conftest import FAILED_STATUS, RUNNING_STATUS, SUCCEEDED_STATUS, ftj
+from cli_fixtures import FAILED_STATUS, RUNNING_STATUS, SUCCEEDED_STATUS, ftj
 from rich.console import Console
 
 from kubetune.cli.errors import CliError

@@ -4,10 +4,11 @@ pass-through, and the live view and log streaming the fake API server cannot sho
 from __future__ import annotations
 
 import io
+import sys
 from typing import Any
 
 import pytest
-from conftest import RUNNING_STATUS, SUCCEEDED_STATUS, ftj
+from cli_fixtures import RUNNING_STATUS, SUCCEEDED_STATUS, ftj
 from rich.console import Console
 
 from kubetune.cli import finetunejobs, main
@@ -103,3 +104,13 @@ def test_follow_streams_the_log_and_keeps_characters_split_across_chunks(monkeyp
     text = "".join(finetunejobs.follow_log(conn, pod="demo-train-0-x", namespace="team", tail=None))
     assert text == "loss 1.2 ✓\ndone\n" and response.released
     assert asked["container"] == "trainer" and asked["follow"] is True and asked["_preload_content"] is False
+
+
+def test_without_the_cli_extra_the_error_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in [m for m in sys.modules if m.startswith("kubetune.cli.") and m != "kubetune.cli.errors"]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "typer", None)
+    assert main(["list"]) == CliExit.ERROR
+    assert capsys.readouterr().err.endswith("install the command line with: pip install 'kubetune[cli]'\n")
