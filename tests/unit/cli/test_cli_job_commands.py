@@ -318,3 +318,23 @@ def test_list_never_cuts_a_long_name(fake_api: FakeKube, capsys: pytest.CaptureF
     assert main(["list", "-A"]) == 0
     row = capsys.readouterr().out.splitlines()[1]
     assert row.split()[:4] == ["team", name, "Running", "(suspending)"]
+
+
+def test_submit_refuses_other_kinds_in_the_file(
+    tmp_path: Path, fake_api: FakeKube, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}}
+    assert main(["submit", "-f", manifest(tmp_path, GOOD, config_map)]) == CliExit.INVALID
+    assert "document 1: kind: expected FineTuneJob, got 'ConfigMap'" in capsys.readouterr().err
+    assert fake_api.requests == []
+
+
+def test_submit_of_several_documents_prints_a_list(
+    tmp_path: Path, fake_api: FakeKube, capsys: pytest.CaptureFixture[str]
+) -> None:
+    second = {**GOOD, "metadata": {"name": "two"}}
+    fake_api.answers[("PATCH", f"{FTJ_PATH}/demo")] = ftj("demo")
+    fake_api.answers[("PATCH", f"{FTJ_PATH}/two")] = ftj("two")
+    assert main(["submit", "-f", manifest(tmp_path, GOOD, second), "-o", "yaml"]) == 0
+    listed = yaml.safe_load(capsys.readouterr().out)
+    assert [item["metadata"]["name"] for item in listed["items"]] == ["demo", "two"]
