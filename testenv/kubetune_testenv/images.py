@@ -256,6 +256,7 @@ def bud_command(
         "bud",
         "--pull=never",
         "--layers",  # unchanged steps (the big pip install) are reused from buildah's layer cache
+        "--force-rm",  # a failed step's working container is removed too
         *(["--no-cache"] if no_cache else []),
         "--network=host",
         "--format=oci",

@@ -129,6 +129,7 @@ def test_bud_command_builds_on_the_local_base_with_host_network_and_the_hosts_ca
     )
     assert command[:2] == ["buildah", "bud"]
     assert "--pull=never" in command
+    assert "--force-rm" in command
     assert "--network=host" in command
     assert "--no-cache" not in command
     assert f"--build-arg=BASE_IMAGE={images.BASE_IMAGE}" in command
