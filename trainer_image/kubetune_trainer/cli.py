@@ -18,7 +18,7 @@ from kubetune.api.exit_codes import ExitCode, reason_for_exit_code
 from kubetune.api.progress import FailedEvent, StoppedEvent
 from kubetune.api.trainer_config import TrainerConfig, TrainerConfigError, load_trainer_config
 from kubetune.api.uris import PVC_MOUNT_ROOT
-from kubetune_trainer.launcher import record_exit_code
+from kubetune_trainer.launcher import record_exit_code, record_failure_message
 from kubetune_trainer.reporting import JsonLinesReporter, Reporter
 from kubetune_trainer.signals import StopRequest
 
@@ -119,6 +119,7 @@ def run(
 
 def _fail(reporter: Reporter, code: ExitCode, message: str) -> int:
     print(f"kubetune-trainer: {reason_for_exit_code(code)}: {message}", file=sys.stderr, flush=True)
+    record_failure_message(f"{reason_for_exit_code(code)}: {message}")
     reporter.emit(FailedEvent(reason=reason_for_exit_code(code), message=message, exit_code=int(code)))
     reporter.close()
     return int(code)
