@@ -171,7 +171,8 @@ def load_checkpoint(
 ) -> bool:
     """Restore weights, optimizer, scheduler and this rank's RNG; False when the RNG file is missing
     (e.g. the world size grew), in which case the caller reseeds."""
-    weights = load_file(str(info.local_dir / WEIGHTS), device=str(device))
+    # safetensors knows the CPU only as "cpu"; Accelerate reports "cpu:0" for a rank under torchrun.
+    weights = load_file(str(info.local_dir / WEIGHTS), device="cpu" if device.type == "cpu" else str(device))
     params = dict(model.named_parameters())
     missing = [name for name in weights if name not in params]
     if missing:

@@ -74,6 +74,22 @@ def test_loading_restores_weights_and_rng(tmp_path: Path) -> None:
     )
 
 
+def test_a_rank_under_torchrun_loads_onto_its_indexed_cpu_device(tmp_path: Path) -> None:
+    # Accelerate reports torch.device("cpu", 0) for a CPU rank started by torchrun (what every pod runs).
+    store = CheckpointStore(resolve_location(f"file://{tmp_path}", field="f"), keep_last=1, cache_dir=tmp_path)
+    model = torch.nn.Linear(2, 2)
+    _save(store, 1, model)
+    saved = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.zero_()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    info = store.latest()
+    assert info is not None
+    load_checkpoint(info, model=model, optimizer=optimizer, scheduler=scheduler, rank=0, device=torch.device("cpu", 0))
+    torch.testing.assert_close(model.weight, saved)
+
+
 def test_remote_checkpoints_upload_the_marker_last_and_download_for_resume(tmp_path: Path) -> None:
     fs = fsspec.filesystem("memory")
     location = Location(uri="memory://bucket/run/checkpoints", fs=fs, path="/bucket/run/checkpoints", local=None)
