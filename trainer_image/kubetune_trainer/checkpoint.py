@@ -171,8 +171,10 @@ def load_checkpoint(
 ) -> bool:
     """Restore weights, optimizer, scheduler and this rank's RNG; False when the RNG file is missing
     (e.g. the world size grew), in which case the caller reseeds."""
-    # safetensors knows the CPU only as "cpu"; Accelerate reports "cpu:0" for a rank under torchrun.
-    weights = load_file(str(info.local_dir / WEIGHTS), device="cpu" if device.type == "cpu" else str(device))
+    # Accelerate reports "cpu:0" for a CPU rank under torchrun; safetensors and torch.load's map_location
+    # know the CPU only as "cpu" and refuse an indexed one.
+    target = torch.device("cpu") if device.type == "cpu" else device
+    weights = load_file(str(info.local_dir / WEIGHTS), device=str(target))
     params = dict(model.named_parameters())
     missing = [name for name in weights if name not in params]
     if missing:
@@ -180,7 +182,7 @@ def load_checkpoint(
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor)
-    optimizer.load_state_dict(torch.load(info.local_dir / OPTIMIZER, map_location=device, weights_only=False))
+    optimizer.load_state_dict(torch.load(info.local_dir / OPTIMIZER, map_location=target, weights_only=False))
     scheduler.load_state_dict(torch.load(info.local_dir / SCHEDULER, weights_only=False))
     rng_path = info.local_dir / rng_file(rank)
     if not rng_path.is_file():

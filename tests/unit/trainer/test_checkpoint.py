@@ -23,9 +23,12 @@ def _position(step: int) -> TrainingPosition:
     )
 
 
-def _save(store: CheckpointStore, step: int, model: torch.nn.Module) -> str:
+def _save(store: CheckpointStore, step: int, model: torch.nn.Module, *, optimizer_steps: int = 0) -> str:
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    for _ in range(optimizer_steps):  # AdamW keeps tensors (moments) in its state only after a step
+        model(torch.ones(1, 2)).sum().backward()
+        optimizer.step()
     staged = store.stage(step)
     store.write_rank(staged, rank=0)
     store.write_shared(staged, weights=dict(model.named_parameters()), optimizer=optimizer, scheduler=scheduler)
@@ -78,7 +81,7 @@ def test_a_rank_under_torchrun_loads_onto_its_indexed_cpu_device(tmp_path: Path)
     # Accelerate reports torch.device("cpu", 0) for a CPU rank started by torchrun (what every pod runs).
     store = CheckpointStore(resolve_location(f"file://{tmp_path}", field="f"), keep_last=1, cache_dir=tmp_path)
     model = torch.nn.Linear(2, 2)
-    _save(store, 1, model)
+    _save(store, 1, model, optimizer_steps=1)
     saved = model.weight.detach().clone()
     with torch.no_grad():
         model.weight.zero_()
@@ -88,6 +91,7 @@ def test_a_rank_under_torchrun_loads_onto_its_indexed_cpu_device(tmp_path: Path)
     assert info is not None
     load_checkpoint(info, model=model, optimizer=optimizer, scheduler=scheduler, rank=0, device=torch.device("cpu", 0))
     torch.testing.assert_close(model.weight, saved)
+    assert optimizer.state_dict()["state"][0]["exp_avg"].device == torch.device("cpu")
 
 
 def test_remote_checkpoints_upload_the_marker_last_and_download_for_resume(tmp_path: Path) -> None:
