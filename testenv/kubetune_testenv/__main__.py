@@ -24,7 +24,7 @@ def _build(args: argparse.Namespace) -> int:
 def _up(args: argparse.Namespace) -> int:
     from .cluster import run_until_interrupted
 
-    return run_until_interrupted(workdir=args.workdir)
+    return run_until_interrupted(workdir=args.workdir, real_node=args.real_node, all_images=args.images)
 
 
 def _paths(args: argparse.Namespace) -> int:
@@ -64,6 +64,16 @@ def main(argv: list[str] | None = None) -> int:
     build.set_defaults(func=_build)
     up = commands.add_parser("up", help="start a control plane with fake GPU nodes until Ctrl-C")
     up.add_argument("--workdir", default=None, help="keep state here instead of a temp dir")
+    up.add_argument(
+        "--real-node",
+        action="store_true",
+        help="also start a kubelet node that runs pods for real (root; containerd, runc, CNI plugins)",
+    )
+    up.add_argument(
+        "--images",
+        action="store_true",
+        help="with --real-node: build (or reuse) and import kubetune's operator and trainer images too",
+    )
     up.set_defaults(func=_up)
     paths = commands.add_parser("paths", help="list the binaries and whether they exist")
     paths.set_defaults(func=_paths)
