@@ -495,7 +495,17 @@ def build_images(*, force: bool = False, trainer_torch: str = TRAINER_TORCH) -> 
         build_args={"TORCH": trainer_torch},
         force=force,
     )
+    if operator.rebuilt or trainer.rebuilt:
+        prune_dangling_images()
     return [pause, base, operator, trainer]
+
+
+def prune_dangling_images() -> None:
+    """Remove buildah's untagged images: each rebuild of the trainer leaves its previous 6 GB image
+    behind. The intermediate layers that ``--layers`` reuses have children and stay."""
+    log = cache_root() / "images" / "prune.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    _run(["buildah", "rmi", "--prune"], log=log)
 
 
 def import_image(archive: Path, *, containerd_address: Path, namespace: str = "k8s.io") -> dict[str, str]:

@@ -305,6 +305,18 @@ class RealNode:
                 digests[fields[0]] = fields[2]
         return digests
 
+    def remove_superseded_images(self, current: dict[str, str]) -> list[str]:
+        """Remove the earlier builds of the images in ``current`` (name -> digest), so they do not pile up.
+
+        containerd's store is kept between sessions and an image rebuilt after a source change takes
+        gigabytes; the CRI also keeps an alias by image ID (``sha256:...``) for each, which holds the old
+        content until it is removed too. ``--sync`` waits for the garbage collector to free it.
+        """
+        stale = superseded_images(self.image_digests(), current=current)
+        if stale:
+            self.ctr("images", "remove", "--sync", *stale)
+        return stale
+
     def import_image(self, archive: Path) -> bool:
         """Import an OCI archive unless containerd already has its image; True when it imported.
 
@@ -370,8 +382,11 @@ class RealNode:
             process=process,
         )
         self._remove_leftover_containers()
+        wanted: dict[str, str] = {}
         for archive in self.image_archives:
             self.import_image(archive)
+            wanted.update(images.archive_manifests(archive))
+        self.remove_superseded_images(wanted)
         if self.pause_image not in self.image_names():
             raise NodeUnavailableError(
                 f"the pause image {self.pause_image} is not in the node's containerd; import it first "
@@ -502,6 +517,16 @@ class RealNode:
                 process=kubelet,
                 interval=0.5,
             )
+
+
+def superseded_images(listed: dict[str, str], *, current: dict[str, str]) -> list[str]:
+    """Images to remove from ``listed`` (name -> digest): other digests of a name in ``current``, and the
+    CRI's ``sha256:`` aliases of digests no named image keeps."""
+    named = {name: digest for name, digest in listed.items() if not name.startswith("sha256:")}
+    stale = [name for name, digest in named.items() if name in current and digest != current[name]]
+    kept_digests = {digest for name, digest in named.items() if name not in stale}
+    aliases = [name for name, digest in listed.items() if name.startswith("sha256:") and digest not in kept_digests]
+    return sorted(stale + aliases)
 
 
 def kube_proxy_cleanup(kube: Path) -> None:
