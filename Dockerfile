@@ -12,12 +12,14 @@ FROM ${BASE_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python3 -m venv /opt/venv
 WORKDIR /src
-# setuptools' package-dir names all four packages, so all four source folders must be present.
-COPY pyproject.toml README.md ./
+# setuptools' package-dir names all four packages, so each folder must exist; the operator needs only the
+# API and its own code, so the trainer and the test environment are their __init__.py alone (and editing
+# them does not rebuild this image).
+COPY pyproject.toml ./
 COPY src/ src/
 COPY operator/ operator/
-COPY trainer_image/ trainer_image/
-COPY testenv/ testenv/
+COPY trainer_image/kubetune_trainer/__init__.py trainer_image/kubetune_trainer/
+COPY testenv/kubetune_testenv/__init__.py testenv/kubetune_testenv/
 # pip's wheel cache lives in a build cache mount, never in the image.
 RUN --mount=type=cache,target=/root/.cache/pip /opt/venv/bin/pip install '.[operator]'
 
