@@ -22,7 +22,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from .cluster import run_until_interrupted
+    from .up import run_until_interrupted
 
     return run_until_interrupted(workdir=args.workdir, real_node=args.real_node, all_images=args.images)
 
