@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 from kubetune_testenv import images
-from kubetune_testenv.real_node import NodeSettings, cgroup_dirs, shim_pids
+from kubetune_testenv.host_state import cgroup_dirs, shim_pids
+from kubetune_testenv.real_node import NodeSettings
 from kubetune_testenv.versions import binaries
 
 pytestmark = [pytest.mark.cluster, pytest.mark.real_node]

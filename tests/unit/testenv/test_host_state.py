@@ -1,8 +1,8 @@
-"""The real node's housekeeping that needs no root: iptables chain removal, superseded images."""
+"""Undoing what a real node changed on the machine, the parts that need no root: iptables chains."""
 
 from __future__ import annotations
 
-from kubetune_testenv.real_node import kube_chain_removal, superseded_images
+from kubetune_testenv.host_state import kube_chain_removal
 
 SAVED = """\
 *filter
@@ -49,18 +49,3 @@ def test_jumps_go_first_then_flush_then_delete_and_nothing_else_is_touched() -> 
 
 def test_a_host_without_kube_chains_gets_no_commands() -> None:
     assert kube_chain_removal("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j ACCEPT\nCOMMIT\n") == []
-
-
-def test_earlier_builds_of_imported_images_and_their_id_aliases_are_superseded() -> None:
-    listed = {
-        "docker.io/kubetune/trainer:0.1.0": "sha256:old",
-        "sha256:trainer-old-config": "sha256:old",
-        "localhost/kubetune/pause:3.10": "sha256:pause",
-        "sha256:pause-config": "sha256:pause",
-        "docker.io/kubetune/operator:0.1.0": "sha256:op",  # not imported this time: kept
-    }
-    current = {"docker.io/kubetune/trainer:0.1.0": "sha256:new", "localhost/kubetune/pause:3.10": "sha256:pause"}
-    assert superseded_images(listed, current=current) == [
-        "docker.io/kubetune/trainer:0.1.0",
-        "sha256:trainer-old-config",
-    ]
