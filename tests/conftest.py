@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from kubetune_operator.k8s import Kube
 from kubetune_testenv.cluster import BinariesMissingError, Cluster, ControlPlane, ExistingCluster
+from model_files import SMOLLM2_GGUF
 
 if TYPE_CHECKING:
     from kubetune_testenv.real_node import RealNode
@@ -102,9 +103,6 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
                 time.sleep(0.2)
         yield name
         core.delete_namespace(name, propagation_policy="Background")
-
-
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @pytest.fixture(scope="session")

