@@ -31,6 +31,7 @@ app.command("validate")(manifests.validate)
 app.command("validate-data")(data.validate_data)
 app.command("crd")(manifests.crd)
 app.command("docs")(manifests.docs)
+app.command("quickstart-data")(manifests.quickstart_data)
 
 # The trainer parses its own arguments; kubetune.cli.main hands them over before this app runs, so these
 # two entries only list the commands in --help.

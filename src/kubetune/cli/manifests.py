@@ -1,4 +1,5 @@
-"""Commands that need no cluster: ``crd``, ``docs``, ``validate``; and reading manifests for ``submit``."""
+"""Commands that need no cluster: ``crd``, ``docs``, ``quickstart-data``, ``validate``; and reading manifests for
+``submit``."""
 
 from __future__ import annotations
 
@@ -44,6 +45,23 @@ def docs(output: OutputFileOption = None) -> int:
     from kubetune.api.docs import render_api_markdown
 
     _emit(render_api_markdown(), output)
+    return CliExit.OK
+
+
+def quickstart_data(
+    output: OutputFileOption = None,
+    held_out: Annotated[
+        str | None,
+        typer.Option("--held-out", metavar="FILE", help="Also write the held-out questions (JSONL) to this file."),
+    ] = None,
+) -> int:
+    """Print the quickstart's dataset: question/answer pairs about the FineTuneJob API (JSONL)."""
+    from kubetune.api.qa_dataset import build_dataset, render_jsonl
+
+    dataset = build_dataset()
+    _emit(render_jsonl(dataset.train), output)
+    if held_out is not None:
+        _emit(render_jsonl(dataset.held_out), held_out)
     return CliExit.OK
 
 
