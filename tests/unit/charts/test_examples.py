@@ -47,6 +47,8 @@ def test_the_documented_examples_exist() -> None:
         "kueue.yaml",
         "secret-hf-token.yaml",
         "cpu-tiny.yaml",
+        "quickstart.yaml",
+        "quickstart-storage.yaml",
     }
 
 
@@ -136,6 +138,26 @@ def test_cpu_example_asks_for_no_gpu_and_is_steered_to_cpu_nodes() -> None:
     assert [(t.key, t.value, t.effect) for t in spec.resources.tolerations] == [
         ("kubetune.io/node", "cpu", "NoSchedule")
     ]
+
+
+def test_quickstart_is_a_short_lora_of_smollm2_from_its_gguf_on_a_cpu_node() -> None:
+    (ftj,) = jobs_in(EXAMPLES / "quickstart.yaml")
+    spec = ftj.spec
+    assert (spec.model.source, spec.model.gguf_file) == ("pvc://models/smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert (spec.method.type, spec.method.rank, spec.method.alpha) == ("lora", 16, 32)
+    assert spec.dataset.train == ["pvc://datasets/quickstart.jsonl"]
+    assert (spec.dataset.validation_split, spec.dataset.max_seq_length) == (0.1, 256)
+    hyper = spec.hyperparameters
+    assert (hyper.max_steps, hyper.per_device_batch_size, hyper.learning_rate) == (40, 8, 2e-4)
+    assert spec.checkpointing.every_steps == 20
+    assert spec.output.destination == "pvc://outputs/quickstart"
+    assert spec.resources.gpus_per_node == 0
+    cpu_tiny = job("cpu-tiny.yaml").spec.resources
+    assert (spec.resources.node_selector, spec.resources.tolerations) == (cpu_tiny.node_selector, cpu_tiny.tolerations)
+
+
+def test_quickstart_file_holds_only_the_finetunejob_so_kubetune_submit_takes_it() -> None:
+    assert [doc["kind"] for doc in documents(EXAMPLES / "quickstart.yaml")] == [KIND]
 
 
 def test_kueue_example_queues_on_the_local_queue_it_defines() -> None:
