@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import typer
 from typer.main import get_command
 
-from kubetune.cli import data, jobs, manifests
+from kubetune.cli import data, jobs, local, manifests
 from kubetune.cli.errors import CliError, CliExit
 from kubetune.cli.trainer import run_trainer
 
@@ -32,6 +32,7 @@ app.command("validate-data")(data.validate_data)
 app.command("crd")(manifests.crd)
 app.command("docs")(manifests.docs)
 app.command("quickstart-data")(manifests.quickstart_data)
+app.add_typer(local.app, name="local")
 
 # The trainer parses its own arguments; kubetune.cli.main hands them over before this app runs, so these
 # two entries only list the commands in --help.
