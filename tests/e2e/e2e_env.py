@@ -6,11 +6,15 @@ How kubetune is installed on the real node (chart values, namespaces, hostPath c
 
 from __future__ import annotations
 
+import os
 import subprocess
+from pathlib import Path
 from typing import Any
 
 from kubetune_operator.k8s import ApiError, Kube, collection_path, object_path
 from kubetune_testenv.cluster import Cluster, ControlPlane
+from kubetune_testenv.host_state import cgroup_dirs, shim_pids
+from kubetune_testenv.real_node import NodeSettings
 from kubetune_testenv.release import ON_CPU_NODE, OPERATOR_NAMESPACE
 from kubetune_testenv.volumes import HostPathClaims
 
@@ -57,3 +61,44 @@ def cpu_spec(*, output: str, data: str = "pvc://datasets/lamini-64.jsonl", **ove
 def kubectl(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
     assert isinstance(cluster, ControlPlane)
     return cluster.kubectl(*args, check=False)
+
+
+NODE = NodeSettings()
+
+
+def leftovers() -> dict[str, list[str]]:
+    """What a real node could leave on this machine."""
+    with open("/proc/self/mountinfo") as handle:
+        mounts = [line.split()[4] for line in handle if "/kubetune-testenv-" in line.split()[4]]
+    cgroups = [str(p) for p in cgroup_dirs(NODE.cgroup_root) if p.exists()]
+    links = [name for name in os.listdir("/sys/class/net") if name == NODE.bridge or name.startswith("veth")]
+    chains = [
+        line
+        for family in ("iptables-save", "ip6tables-save")
+        for line in subprocess.run([family], capture_output=True, text=True, check=False).stdout.splitlines()
+        if "KUBE-" in line
+    ]
+    programs = ("kubelet", "kube-proxy", "coredns", "containerd", "/pause")
+    processes = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            text = b" ".join(argv).decode(errors="replace")
+            if ("kubetune-testenv-" in text and any(p in text for p in programs)) or argv[0] == b"/pause":
+                processes.append(f"{entry.name}: {text[:120]}")
+    shims = [str(pid) for pid in shim_pids("kubetune-testenv-")]
+    return {
+        "mounts": mounts,
+        "cgroups": cgroups,
+        "links": links,
+        "iptables": chains,
+        "processes": processes,
+        "shims": shims,
+    }
+
+
+def nothing_left() -> dict[str, list[str]]:
+    return {key: [] for key in leftovers()}

@@ -19,14 +19,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from e2e_env import leftovers, nothing_left
 from kubetune_testenv import images
-from kubetune_testenv.host_state import cgroup_dirs, shim_pids
-from kubetune_testenv.real_node import NodeSettings
 from kubetune_testenv.versions import binaries
 
 pytestmark = [pytest.mark.cluster, pytest.mark.real_node]
 
-SETTINGS = NodeSettings()
 UP_TIMEOUT_S = 240
 
 
@@ -84,44 +82,6 @@ class Up:
         }
         self.kubectl("apply", "-f", "-", stdin=json.dumps(pod))
         self.kubectl("wait", "--for=condition=Ready", "pod/sleeper", "--timeout=120s")
-
-
-def leftovers() -> dict[str, list[str]]:
-    """What a real node could leave on this machine."""
-    with open("/proc/self/mountinfo") as handle:
-        mounts = [line.split()[4] for line in handle if "/kubetune-testenv-" in line.split()[4]]
-    cgroups = [str(p) for p in cgroup_dirs(SETTINGS.cgroup_root) if p.exists()]
-    links = [name for name in os.listdir("/sys/class/net") if name == SETTINGS.bridge or name.startswith("veth")]
-    chains = [
-        line
-        for family in ("iptables-save", "ip6tables-save")
-        for line in subprocess.run([family], capture_output=True, text=True, check=False).stdout.splitlines()
-        if "KUBE-" in line
-    ]
-    programs = ("kubelet", "kube-proxy", "coredns", "containerd", "/pause")
-    processes = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            text = b" ".join(argv).decode(errors="replace")
-            if ("kubetune-testenv-" in text and any(p in text for p in programs)) or argv[0] == b"/pause":
-                processes.append(f"{entry.name}: {text[:120]}")
-    shims = [str(pid) for pid in shim_pids("kubetune-testenv-")]
-    return {
-        "mounts": mounts,
-        "cgroups": cgroups,
-        "links": links,
-        "iptables": chains,
-        "processes": processes,
-        "shims": shims,
-    }
-
-
-def nothing_left() -> dict[str, list[str]]:
-    return {key: [] for key in leftovers()}
 
 
 @pytest.fixture
