@@ -202,11 +202,17 @@ def _active_outcome(obs: Observation) -> _Outcome:
         return _Outcome(phase="Failed", reason=failure.reason, message=failure.message, failure=failure)
     live = [p for p in obs.pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
     running = [p for p in live if (p.get("status") or {}).get("phase") == "Running"]
+    # A pod that exited 0 finished its rank; the Job controller marks the Job Complete moments later.
+    # Until then the job is still running, not back to Pending.
+    finished = [p for p in live if (p.get("status") or {}).get("phase") == "Succeeded"]
     retries = int((job.get("status") or {}).get("failed") or 0)
     retry_note = f"; {retries} failed pod(s) so far" if retries else ""
-    if len(running) >= obs.nodes:
+    if len(running) + len(finished) >= obs.nodes:
+        finished_note = f", {len(finished)} finished" if finished else ""
         return _Outcome(
-            phase="Running", reason="TrainerRunning", message=f"{len(running)}/{obs.nodes} pods running{retry_note}"
+            phase="Running",
+            reason="TrainerRunning",
+            message=f"{len(running)}/{obs.nodes} pods running{finished_note}{retry_note}",
         )
     if scheduler_message:
         return _Outcome(phase="Pending", reason=UNSCHEDULABLE, message=scheduler_message)

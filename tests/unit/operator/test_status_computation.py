@@ -121,6 +121,13 @@ def test_some_pods_running_is_still_pending_because_the_rendezvous_needs_all_nod
     assert status.phase == "Pending" and status.start_time is None
 
 
+def test_a_finished_pod_before_the_job_is_marked_complete_is_still_running_not_pending() -> None:
+    previous = observe(job_obj=job(), pods=[pod("p0", "Running")])
+    status = observe(job_obj=job(succeeded=1), pods=[pod("p0", "Succeeded", exit_code=0)], previous=previous)
+    assert status.phase == "Running", "seen on a real node: Running -> Pending -> Succeeded at the end of a job"
+    assert conditions(status)["Running"] == ("True", "TrainerRunning")
+
+
 def test_complete_job_succeeds_with_the_jobs_completion_time() -> None:
     done = job(conditions=[cond("Complete")], completionTime=stamp(T0 + timedelta(hours=2)))
     status = observe(job_obj=done, pods=[pod("p0", "Succeeded", exit_code=0)])
