@@ -148,7 +148,7 @@ def test_quickstart_is_a_short_lora_of_smollm2_from_its_gguf_on_a_cpu_node() -> 
     assert spec.dataset.train == ["pvc://datasets/quickstart.jsonl"]
     assert (spec.dataset.validation_split, spec.dataset.max_seq_length) == (0.1, 256)
     hyper = spec.hyperparameters
-    assert (hyper.max_steps, hyper.per_device_batch_size, hyper.learning_rate) == (40, 8, 2e-4)
+    assert (hyper.max_steps, hyper.per_device_batch_size, hyper.learning_rate) == (80, 8, 2e-4)
     assert spec.checkpointing.every_steps == 20
     assert spec.output.destination == "pvc://outputs/quickstart"
     assert spec.resources.gpus_per_node == 0
