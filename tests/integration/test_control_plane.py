@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
+from kube_objects import wait_for
 from kubernetes import client
 from kubetune_testenv.cluster import Cluster
 from kubetune_testenv.nodes import GPU_PRODUCT_LABEL
 from kubetune_testenv.stages import EXIT_CODE, PREEMPT_AFTER, REASON, RUN_FOR
 
 pytestmark = pytest.mark.cluster
-
-T = TypeVar("T")
-
-
-def wait_for(fetch: Callable[[], T], ready: Callable[[T], bool], *, what: str, timeout: float = 60) -> T:
-    deadline = time.monotonic() + timeout
-    value = fetch()
-    while not ready(value):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value:\n{value}")
-        time.sleep(0.2)
-        value = fetch()
-    return value
 
 
 def job_manifest(
