@@ -43,12 +43,12 @@ def main() -> int:
         print(f"kubetune-operator: {err}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    metrics = OperatorMetrics()
     try:
-        kube = k8s.Kube(api_client=api_client())
+        kube = k8s.Kube(api_client=api_client(), on_response=metrics.api_response)
     except config.ConfigException as err:
         print(f"kubetune-operator: no cluster credentials: {err}", file=sys.stderr)
         return 2
-    metrics = OperatorMetrics()
     if settings.metrics_port:
         start_http_server(settings.metrics_port, registry=metrics.registry)
     registry = kopf.OperatorRegistry()

@@ -1,14 +1,18 @@
-"""Thin kopf handlers: every trigger runs the same reconcile of the FineTuneJob concerned.
+"""Thin kopf handlers: watch caches, the triggers, and one reconcile per FineTuneJob at a time.
 
-Handlers are registered on an explicit registry by :func:`register`, so the operator's settings (the resync
-interval) and clients are passed in, not read from module globals at import time.
+kopf keeps an in-memory index (a watch cache) of the FineTuneJobs and of the labelled Jobs, ConfigMaps,
+Services and pods; a reconcile reads them instead of the API server, and kopf starts no handler before the
+indices hold the initial listing, so a restarted operator never mistakes an unlisted child for a missing
+one. Every trigger (create, resume, spec change, a child's or pod's change, a scheduled re-check) runs the
+same reconcile. Handlers are registered on an explicit registry by :func:`register`, with the settings and
+clients passed in, not read from module globals at import time.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -17,14 +21,22 @@ import kopf
 from kubetune.api.resource import GROUP, PLURAL, VERSION
 from kubetune_operator import k8s
 from kubetune_operator.builders.names import FINETUNEJOB_LABEL
+from kubetune_operator.cache import Obj, slim
 from kubetune_operator.metrics import OperatorMetrics
 from kubetune_operator.reconcile import Logger, reconcile
+from kubetune_operator.requeue import Requeue
 from kubetune_operator.settings import OperatorSettings
 
 # kopf's bookkeeping lives in annotations under our own prefix: the CRD's status schema prunes unknown
 # fields, so kopf's default status.kopf storage would be silently dropped by the API server.
 KOPF_PREFIX = "kubetune.io"
 FINALIZER = "kubetune.io/operator"
+# The kinds the operator caches besides FineTuneJobs, each watched only where it carries our label.
+CHILD_RESOURCES = (("batch", "v1", "jobs"), ("", "v1", "configmaps"), ("", "v1", "services"), ("", "v1", "pods"))
+# Seconds before a scheduled reconcile that failed is tried again (kopf's own retries cover the others).
+RETRY_SECONDS = 10.0
+
+log = logging.getLogger(__name__)
 
 
 def configure_kopf(*, kopf_settings: kopf.OperatorSettings, settings: OperatorSettings) -> None:
@@ -43,6 +55,9 @@ def configure_kopf(*, kopf_settings: kopf.OperatorSettings, settings: OperatorSe
     kopf_settings.posting.level = logging.WARNING
     # Transient API trouble: retry a failed handler with backoff instead of giving up.
     kopf_settings.queueing.error_delays = (1, 1, 2, 5, 10, 20, 30, 60)
+    # Server-side filtering: the watches of children and pods carry only the objects the operator owns.
+    for group, _, plural in CHILD_RESOURCES:
+        kopf_settings.watching.label_selectors[(group, plural) if group else plural] = FINETUNEJOB_LABEL
 
 
 class KeyedLocks:
@@ -64,36 +79,101 @@ class KeyedLocks:
             self._locks.pop(key, None)
 
 
+class IndexReader:
+    """Reads the kopf indices registered below (a ``cache.Reader``).
+
+    kopf hands its indices to handlers only, as keyword arguments; the first handler call binds them here
+    for the scheduled reconciles, which run outside kopf. Each index maps (namespace, FineTuneJob name) to
+    a store of slimmed objects; kopf mutates it on its event loop, and a ``list`` of it is one C-level copy.
+    """
+
+    NAMES = ("finetunejob_cache", "job_cache", "configmap_cache", "service_cache", "pod_cache")
+
+    def __init__(self) -> None:
+        self._indices: dict[str, Mapping[tuple[str, str], Any]] = {}
+
+    def bind(self, kwargs: Mapping[str, Any]) -> None:
+        if not self._indices:
+            self._indices = {name: kwargs[name] for name in self.NAMES}
+
+    def _get(self, index: str, *, namespace: str, name: str) -> list[Obj]:
+        store = self._indices[index].get((namespace, name))
+        return list(store) if store is not None else []
+
+    def finetunejob(self, *, namespace: str, name: str) -> Obj | None:
+        found = self._get("finetunejob_cache", namespace=namespace, name=name)
+        return found[0] if found else None
+
+    def children(self, *, namespace: str, ftj_name: str) -> Sequence[Obj]:
+        return [
+            obj
+            for index in ("job_cache", "configmap_cache", "service_cache")
+            for obj in self._get(index, namespace=namespace, name=ftj_name)
+        ]
+
+    def pods(self, *, namespace: str, ftj_name: str) -> Sequence[Obj]:
+        return self._get("pod_cache", namespace=namespace, name=ftj_name)
+
+
 def register(
     *,
     registry: kopf.OperatorRegistry,
     settings: OperatorSettings,
     kube: k8s.Kube,
     metrics: OperatorMetrics,
-) -> None:
-    """Register every handler of the operator on ``registry``."""
+) -> Requeue:
+    """Register every handler of the operator on ``registry``; returns the scheduler of timed re-checks."""
     locks = KeyedLocks()
+    reader = IndexReader()
+    operator_settings = settings
+    requeue: Requeue
 
     def run(*, namespace: str | None, name: str, trigger: str, logger: Logger) -> None:
         assert namespace is not None, "FineTuneJobs and their children are namespaced"
         metrics.reconciles.labels(trigger=trigger).inc()
         try:
             with locks.hold((namespace, name)):
-                result = reconcile(kube, namespace=namespace, name=name, settings=settings, logger=logger)
+                result = reconcile(
+                    kube, reader=reader, namespace=namespace, name=name, settings=settings, logger=logger
+                )
         except Exception:
             metrics.reconcile_errors.labels(trigger=trigger).inc()
             raise
-        if result is not None:
-            if result.deleted:
+        if result is None or result.deleted:
+            requeue.cancel((namespace, name))
+            if result is not None:
                 metrics.forget(uid=result.uid)
-            else:
-                metrics.observe_phase(uid=result.uid, phase=result.phase)
+            return
+        metrics.observe_phase(uid=result.uid, phase=result.phase)
+        if result.plan.status_patch is not None:
+            metrics.status_writes.inc()
+        if result.plan.requeue_after is not None:
+            requeue.schedule((namespace, name), after=result.plan.requeue_after)
+
+    def scheduled(key: tuple[str, str]) -> None:
+        namespace, name = key
+        logger = logging.LoggerAdapter(log, {"object": f"{namespace}/{name}"})
+        try:
+            run(namespace=namespace, name=name, trigger="scheduled", logger=logger)
+        except Exception as err:
+            logger.warning(
+                "scheduled reconcile of %s/%s failed, retrying in %ss: %s", namespace, name, RETRY_SECONDS, err
+            )
+            requeue.schedule(key, after=RETRY_SECONDS)
+
+    requeue = Requeue(callback=scheduled, workers=settings.max_workers)
+
+    def handle(*, namespace: str | None, name: str, trigger: str, logger: Logger, kwargs: Mapping[str, Any]) -> None:
+        reader.bind(kwargs)
+        run(namespace=namespace, name=name, trigger=trigger, logger=logger)
 
     @kopf.on.startup(registry=registry)
     def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_kopf(kopf_settings=settings, settings=operator_settings)
 
-    operator_settings = settings
+    @kopf.on.cleanup(registry=registry)
+    def cleanup(**_: Any) -> None:
+        requeue.stop()
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -101,32 +181,61 @@ def register(
         # the Kubernetes client (kopf's autodetection does not recognise this client's version).
         return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
+    @kopf.index(GROUP, VERSION, PLURAL, registry=registry)
+    def finetunejob_cache(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        return {(namespace, name): slim(body, kind="FineTuneJob")}
+
+    @kopf.index("batch", "v1", "jobs", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, registry=registry)
+    def job_cache(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        return {(namespace, labels[FINETUNEJOB_LABEL]): slim(body, kind="Job")}
+
+    @kopf.index("v1", "configmaps", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, registry=registry)
+    def configmap_cache(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        return {(namespace, labels[FINETUNEJOB_LABEL]): slim(body, kind="ConfigMap")}
+
+    @kopf.index("v1", "services", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, registry=registry)
+    def service_cache(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        return {(namespace, labels[FINETUNEJOB_LABEL]): slim(body, kind="Service")}
+
+    @kopf.index("v1", "pods", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, registry=registry)
+    def pod_cache(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        return {(namespace, labels[FINETUNEJOB_LABEL]): slim(body, kind="Pod")}
+
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
-    def created(namespace: str | None, name: str, logger: Logger, **_: Any) -> None:
-        run(namespace=namespace, name=name, trigger="create", logger=logger)
+    def created(namespace: str | None, name: str, logger: Logger, **kwargs: Any) -> None:
+        handle(namespace=namespace, name=name, trigger="create", logger=logger, kwargs=kwargs)
 
     @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
-    def resumed(namespace: str | None, name: str, logger: Logger, **_: Any) -> None:
-        run(namespace=namespace, name=name, trigger="resume", logger=logger)
+    def resumed(namespace: str | None, name: str, logger: Logger, **kwargs: Any) -> None:
+        handle(namespace=namespace, name=name, trigger="resume", logger=logger, kwargs=kwargs)
 
     @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", registry=registry)
-    def spec_changed(namespace: str | None, name: str, logger: Logger, **_: Any) -> None:
-        run(namespace=namespace, name=name, trigger="update", logger=logger)
+    def spec_changed(namespace: str | None, name: str, logger: Logger, **kwargs: Any) -> None:
+        handle(namespace=namespace, name=name, trigger="update", logger=logger, kwargs=kwargs)
 
     @kopf.timer(GROUP, VERSION, PLURAL, interval=settings.resync_interval_seconds, registry=registry)
-    def resync(namespace: str | None, name: str, logger: Logger, **_: Any) -> None:
-        run(namespace=namespace, name=name, trigger="timer", logger=logger)
+    def resync(namespace: str | None, name: str, logger: Logger, **kwargs: Any) -> None:
+        handle(namespace=namespace, name=name, trigger="timer", logger=logger, kwargs=kwargs)
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True, registry=registry)
     def deleted(namespace: str | None, name: str, uid: str, **_: Any) -> None:
         # Children go with their owner (garbage collection); only our bookkeeping is left to drop.
         locks.drop((namespace or "", name))
+        requeue.cancel((namespace or "", name))
         metrics.forget(uid=uid)
 
     @kopf.on.event("batch", "v1", "jobs", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, registry=registry)
-    def job_changed(namespace: str | None, labels: Mapping[str, str], logger: Logger, **_: Any) -> None:
-        run(namespace=namespace, name=labels[FINETUNEJOB_LABEL], trigger="job", logger=logger)
+    def job_changed(namespace: str | None, labels: Mapping[str, str], logger: Logger, **kwargs: Any) -> None:
+        handle(namespace=namespace, name=labels[FINETUNEJOB_LABEL], trigger="job", logger=logger, kwargs=kwargs)
+
+    @kopf.on.event("v1", "configmaps", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, registry=registry)
+    @kopf.on.event("v1", "services", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, registry=registry)
+    def child_changed(namespace: str | None, labels: Mapping[str, str], logger: Logger, **kwargs: Any) -> None:
+        # Rare (created by the operator, deleted by hand): a deleted child is re-created.
+        handle(namespace=namespace, name=labels[FINETUNEJOB_LABEL], trigger="child", logger=logger, kwargs=kwargs)
 
     @kopf.on.event("v1", "pods", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, registry=registry)
-    def pod_changed(namespace: str | None, labels: Mapping[str, str], logger: Logger, **_: Any) -> None:
-        run(namespace=namespace, name=labels[FINETUNEJOB_LABEL], trigger="pod", logger=logger)
+    def pod_changed(namespace: str | None, labels: Mapping[str, str], logger: Logger, **kwargs: Any) -> None:
+        handle(namespace=namespace, name=labels[FINETUNEJOB_LABEL], trigger="pod", logger=logger, kwargs=kwargs)
+
+    return requeue

@@ -1,4 +1,4 @@
-"""Kubernetes API calls: JSON in, JSON out, errors as typed exceptions.
+"""Kubernetes API calls: JSON in, JSON out, errors as typed exceptions (``kubetune_operator.errors``).
 
 The operator's objects are plain dicts (what the builders produce and what status computation reads), so
 this module speaks JSON to the API server through the official client's authenticated connection instead
@@ -7,8 +7,9 @@ of converting to and from the client's generated model classes.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -16,28 +17,15 @@ from urllib.parse import quote
 from kubernetes.client import ApiClient
 
 from kubetune.api.resource import API_VERSION, KIND, PLURAL
-from kubetune_operator.builders.names import FINETUNEJOB_LABEL, MANAGED_BY
-from kubetune_operator.status import EventSpec
+from kubetune_operator.builders.event import EventSpec, build_event
+from kubetune_operator.builders.names import FINETUNEJOB_LABEL
+from kubetune_operator.errors import ChildConflictError, Conflict, NotFound, api_error
 
 Obj = dict[str, Any]
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
 # Seconds per API call; the API server answers in milliseconds unless it is in trouble.
 REQUEST_TIMEOUT = 30.0
-
-
-class ApiError(Exception):
-    """An API call failed; ``status`` is the HTTP status (0 when the server was not reached)."""
-
-    def __init__(self, *, status: int, reason: str, message: str) -> None:
-        super().__init__(f"{status} {reason}: {message}")
-        self.status = status
-        self.reason = reason
-        self.message = message
-
-
-class ChildConflictError(Exception):
-    """A child's deterministic name is taken by an object the FineTuneJob does not own."""
 
 
 _PLURALS = {"ConfigMap": "configmaps", "Service": "services", "Job": "jobs", KIND: PLURAL}
@@ -52,11 +40,28 @@ def object_path(*, api_version: str, plural: str, namespace: str, name: str) -> 
     return f"{collection_path(api_version=api_version, plural=plural, namespace=namespace)}/{quote(name)}"
 
 
+# Called after every request with (verb, resource, HTTP status); the operator counts requests with it.
+ResponseHook = Callable[[str, str, int], None]
+
+
+def resource_of(path: str) -> str:
+    """The resource a request path names, e.g. ``finetunejobs/status``, ``pods/log``, ``events``."""
+    parts = [p for p in path.split("?")[0].split("/") if p]
+    if "namespaces" in parts:
+        after = parts[parts.index("namespaces") + 2 :]
+    else:
+        after = parts[2:] if parts[:1] == ["api"] else parts[3:]
+    if not after:
+        return "namespaces"
+    return after[0] if len(after) < 3 else f"{after[0]}/{after[2]}"
+
+
 class Kube:
     """A minimal JSON client over an authenticated :class:`kubernetes.client.ApiClient`."""
 
-    def __init__(self, *, api_client: ApiClient) -> None:
+    def __init__(self, *, api_client: ApiClient, on_response: ResponseHook | None = None) -> None:
         self._api = api_client
+        self._on_response = on_response
 
     def request(
         self,
@@ -105,28 +110,32 @@ class Kube:
             )
         except Exception as err:  # connection refused, TLS, timeouts: the server was not reached
             status = int(getattr(err, "status", 0) or 0)
-            raise ApiError(status=status, reason=type(err).__name__, message=str(err)) from err
+            self._observe(method, path, status)
+            raise api_error(status=status, reason=type(err).__name__, message=str(err)) from err
         data: bytes = response.read()  # type: ignore[no-untyped-call]
+        self._observe(method, path, response.status)
         if response.status >= 400:
             try:  # a metav1.Status from the API server; a proxy in between may answer with anything
                 status_obj = json.loads(data)
             except ValueError:
                 status_obj = {}
-            raise ApiError(
+            raise api_error(
                 status=response.status,
                 reason=str(status_obj.get("reason") or response.reason or ""),
                 message=str(status_obj.get("message") or data[:500].decode("utf-8", errors="replace")),
             )
         return data
 
+    def _observe(self, method: str, path: str, status: int) -> None:
+        if self._on_response is not None:
+            self._on_response(method, resource_of(path), status)
+
     def get(self, path: str) -> Obj | None:
         """The object, or ``None`` when it does not exist."""
         try:
             return self.request("GET", path)
-        except ApiError as err:
-            if err.status == 404:
-                return None
-            raise
+        except NotFound:
+            return None
 
 
 def finetunejob_path(*, namespace: str, name: str) -> str:
@@ -167,12 +176,11 @@ def ensure_child(kube: Kube, *, manifest: Mapping[str, Any]) -> tuple[Obj, bool]
     )
     try:
         return kube.request("POST", collection, body=manifest), True
-    except ApiError as err:
-        if err.status != 409:
-            raise
+    except Conflict:
+        pass
     existing = kube.get(_path_of(manifest))
     if existing is None:  # deleted between our POST and GET: the next reconcile creates it
-        raise ApiError(status=409, reason="Conflict", message=f"{manifest['kind']} {meta['name']} is being deleted")
+        raise Conflict(status=409, reason="Conflict", message=f"{manifest['kind']} {meta['name']} is being deleted")
     controller = _controller_uid(existing)
     labels = (existing.get("metadata") or {}).get("labels") or {}
     if controller == owner["uid"] or (controller is None and labels.get(FINETUNEJOB_LABEL) == owner["name"]):
@@ -182,7 +190,7 @@ def ensure_child(kube: Kube, *, manifest: Mapping[str, Any]) -> tuple[Obj, bool]
         return kube.request("PATCH", _path_of(manifest), body=patch, content_type=MERGE_PATCH), False
     if labels.get(FINETUNEJOB_LABEL) == owner["name"]:
         # A deleted FineTuneJob of the same name whose children the garbage collector has not removed yet.
-        raise ApiError(
+        raise Conflict(
             status=409,
             reason="Conflict",
             message=f"{manifest['kind']} {meta['name']} still belongs to an earlier FineTuneJob of this name",
@@ -211,27 +219,12 @@ def _repair_patch(*, existing: Mapping[str, Any], manifest: Mapping[str, Any]) -
     return patch
 
 
-def read_job(kube: Kube, *, namespace: str, name: str) -> Obj | None:
-    return kube.get(object_path(api_version="batch/v1", plural="jobs", namespace=namespace, name=name))
-
-
-def list_trainer_pods(kube: Kube, *, namespace: str, ftj_name: str, job_uid: str) -> list[Obj]:
-    """The pods of this Job (not of an earlier FineTuneJob of the same name whose pods linger)."""
-    path = collection_path(api_version="v1", plural="pods", namespace=namespace)
-    selector = f"{FINETUNEJOB_LABEL}={ftj_name},batch.kubernetes.io/controller-uid={job_uid}"
-    items = kube.request("GET", path, query=[("labelSelector", selector)]).get("items") or []
-    return [dict(item) for item in items]
-
-
 def delete_job(kube: Kube, *, namespace: str, name: str, uid: str) -> None:
     """Delete this Job (not a newer one of the same name); its pods follow in the background."""
     path = object_path(api_version="batch/v1", plural="jobs", namespace=namespace, name=name)
     body = {"propagationPolicy": "Background", "preconditions": {"uid": uid}}
-    try:
+    with contextlib.suppress(NotFound, Conflict):  # gone already, or the name now holds a newer Job
         kube.request("DELETE", path, body=body)
-    except ApiError as err:
-        if err.status not in (404, 409):
-            raise
 
 
 def read_log_tail(kube: Kube, *, namespace: str, pod: str, container: str, lines: int, max_bytes: int) -> str:
@@ -257,38 +250,8 @@ def patch_finetunejob_status(
 def delete_finetunejob(kube: Kube, *, namespace: str, name: str, uid: str) -> None:
     """Delete this FineTuneJob (the uid precondition spares a new one of the same name); children follow."""
     body = {"propagationPolicy": "Background", "preconditions": {"uid": uid}}
-    try:
+    with contextlib.suppress(NotFound, Conflict):  # gone already, or the name now holds a newer one
         kube.request("DELETE", finetunejob_path(namespace=namespace, name=name), body=body)
-    except ApiError as err:
-        if err.status not in (404, 409):
-            raise
-
-
-def build_event(*, ftj: Mapping[str, Any], event: EventSpec, now: datetime) -> Obj:
-    """A core/v1 Event about the FineTuneJob (what ``kubectl describe ftj`` lists)."""
-    meta = ftj["metadata"]
-    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
-    return {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-        "involvedObject": {
-            "apiVersion": API_VERSION,
-            "kind": KIND,
-            "name": meta["name"],
-            "namespace": meta["namespace"],
-            "uid": meta["uid"],
-            "resourceVersion": meta.get("resourceVersion", ""),
-        },
-        "type": event.type,
-        "reason": event.reason,
-        # Event messages are capped at 1 KiB by the API server's validation.
-        "message": event.message[:1024],
-        "source": {"component": MANAGED_BY},
-        "firstTimestamp": stamp,
-        "lastTimestamp": stamp,
-        "count": 1,
-    }
 
 
 def post_event(kube: Kube, *, ftj: Mapping[str, Any], event: EventSpec, now: datetime) -> None:

@@ -1,4 +1,4 @@
-"""Prometheus metrics: reconcile counts and errors, and FineTuneJobs by phase."""
+"""Prometheus metrics: reconciles, status writes, API requests, and FineTuneJobs by phase."""
 
 from __future__ import annotations
 
@@ -28,6 +28,18 @@ class OperatorMetrics:
             ["trigger"],
             registry=self.registry,
         )
+        self.status_writes = Counter(
+            "kubetune_operator_status_writes",
+            "Status writes to FineTuneJobs (a reconcile writes only when the status changed).",
+            registry=self.registry,
+        )
+        self.api_requests = Counter(
+            "kubetune_operator_api_requests",
+            "Requests the reconciles made to the API server (kopf's watches not included), by verb, "
+            "resource and HTTP status (0: no answer).",
+            ["verb", "resource", "code"],
+            registry=self.registry,
+        )
         self.finetunejobs = Gauge(
             "kubetune_finetunejobs", "FineTuneJobs seen by this operator, by phase.", ["phase"], registry=self.registry
         )
@@ -35,6 +47,10 @@ class OperatorMetrics:
         self._lock = threading.Lock()
         for phase in PHASES:
             self.finetunejobs.labels(phase=phase).set(0)
+
+    def api_response(self, verb: str, resource: str, code: int) -> None:
+        """A ``k8s.Kube`` response hook."""
+        self.api_requests.labels(verb=verb, resource=resource, code=str(code)).inc()
 
     def observe_phase(self, *, uid: str, phase: Phase | None) -> None:
         with self._lock:

@@ -36,8 +36,11 @@ RULES: tuple[PolicyRule, ...] = (
     PolicyRule(api_groups=("",), resources=("pods",), verbs=("get", "list", "watch")),
     # Rank 0's log carries the trainer's progress events (status.progress, status.metrics).
     PolicyRule(api_groups=("",), resources=("pods/log",), verbs=("get",)),
-    # The trainer config and the rendezvous Service: created once, adopted by patch after a restart.
-    PolicyRule(api_groups=("",), resources=("configmaps", "services"), verbs=("get", "create", "patch")),
+    # The trainer config and the rendezvous Service: created once, adopted by patch after a restart, and
+    # watched (only those carrying the FineTuneJob label: a server-side selector) for the operator's cache.
+    PolicyRule(
+        api_groups=("",), resources=("configmaps", "services"), verbs=("get", "list", "watch", "create", "patch")
+    ),
     # Milestone and failure Events on FineTuneJobs (the operator's and kopf's own).
     PolicyRule(api_groups=("",), resources=("events",), verbs=("create", "patch")),
     # kopf resolves namespace patterns in KUBETUNE_NAMESPACES (e.g. team-*) by watching namespaces.

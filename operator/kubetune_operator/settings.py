@@ -52,21 +52,31 @@ class OperatorSettings(BaseModel):
         default=29500, ge=1024, le=65535, description="torchrun rendezvous port on pod 0 (torch's default)."
     )
     resync_interval_seconds: float = Field(
-        default=15.0,
+        default=600.0,
         gt=0,
         description=(
-            "Seconds between periodic re-checks of each FineTuneJob: pending timeouts and TTL expiry "
-            "have no watch event of their own. Also bounds how late a missed event is noticed."
+            "Seconds between safety re-checks of each FineTuneJob. Watches deliver every change and "
+            "time-based checks (pending timeout, TTL, progress) are scheduled for when they fall due, so "
+            "this only bounds the damage of a bug; it reads the watch caches and costs no request."
+        ),
+    )
+    progress_poll_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "Seconds between reads of a running job's rank-0 log tail for progress (one pods/log request "
+            "each). Pod and Job changes are picked up at once; this only refreshes status.progress."
         ),
     )
     run_as_user: int = Field(default=1000, ge=1, description="UID of the trainer (non-root, restricted PSS).")
     run_as_group: int = Field(default=1000, ge=1, description="GID of the trainer.")
     fs_group: int = Field(default=1000, ge=1, description="Group owning mounted volumes, so PVCs are writable.")
     pod_annotation_prefixes: tuple[str, ...] = Field(
-        default=("kubetune.test/",),
+        default=(),
         description=(
             "FineTuneJob annotations whose key starts with one of these prefixes are copied to the trainer "
-            "pods. The default is the test hook of the fake-kubelet test cluster (kwok), harmless elsewhere."
+            "pods (e.g. a cost-allocation or service-mesh prefix). None by default: a tenant's annotations "
+            "reach pods only where the platform team allows it. The test cluster sets its kwok hook here."
         ),
     )
     progress_log_lines: int = Field(

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -29,6 +29,7 @@ from kubetune.api.status import (
     FineTuneJobStatus,
     Phase,
 )
+from kubetune_operator.builders.event import EventSpec
 from kubetune_operator.builders.names import TRAINER_CONTAINER
 from kubetune_operator.progress import fold_events
 
@@ -328,16 +329,6 @@ def status_patch(*, previous: FineTuneJobStatus, desired: FineTuneJobStatus) -> 
         if key not in new:
             patch[key] = None  # merge patch deletes a key set to null
     return patch
-
-
-EventType = Literal["Normal", "Warning"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class EventSpec:
-    type: EventType
-    reason: str
-    message: str
 
 
 def transition_events(*, previous: FineTuneJobStatus, desired: FineTuneJobStatus) -> list[EventSpec]:

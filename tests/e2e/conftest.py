@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from e2e_env import JOBS_NAMESPACE, RELEASE, Volumes, operator_log
 from kube_objects import FineTuneJobs, ftj_collection, wait_for
-from kubetune_operator.k8s import ApiError, Kube, collection_path
+from kubetune_operator.errors import ApiError
+from kubetune_operator.k8s import Kube, collection_path
 from kubetune_testenv.cluster import Cluster
 from kubetune_testenv.helm import find_helm, pinned_helm_version
 from kubetune_testenv.real_node import RealNode

@@ -11,7 +11,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from kubetune_operator.k8s import ApiError, Kube, collection_path, object_path
+from kubetune_operator.errors import ApiError
+from kubetune_operator.k8s import Kube, collection_path, object_path
 from kubetune_testenv.cluster import Cluster, ControlPlane
 from kubetune_testenv.host_state import cgroup_dirs, shim_pids
 from kubetune_testenv.real_node import NodeSettings

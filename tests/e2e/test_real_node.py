@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from e2e_env import JOBS_NAMESPACE, OPERATOR_NAMESPACE, Volumes, cpu_spec, kubectl
 from kube_objects import FineTuneJobs, condition_of, status_of, wait_for
-from kubetune_operator.k8s import ApiError, Kube, collection_path, object_path
+from kubetune_operator.errors import ApiError
+from kubetune_operator.k8s import Kube, collection_path, object_path
 from kubetune_testenv.cluster import Cluster
 from kubetune_testenv.real_node import RealNode
 from model_files import SMOLLM2_GGUF

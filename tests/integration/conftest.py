@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 import yaml
 from kube_objects import FineTuneJobs, condition_of, ftj_collection, status_of, wait_for
-from kubetune_operator.k8s import ApiError, Kube, collection_path, object_path
+from kubetune_operator.errors import ApiError
+from kubetune_operator.k8s import Kube, collection_path, object_path
 from kubetune_operator.rbac import cluster_role
 from kubetune_testenv.cluster import Cluster
 
@@ -109,6 +110,8 @@ class OperatorProcess:
             KUBETUNE_METRICS_PORT=str(self.metrics_port),
             KUBETUNE_HEALTH_PORT=str(self.health_port),
             KUBETUNE_LOG_LEVEL="info",
+            # The kwok stages' test hook (docs/testing.md): off in the operator's defaults.
+            KUBETUNE_POD_ANNOTATION_PREFIXES="kubetune.test/",
             # The test namespaces (the `namespace` fixture names them t-...): the e2e tests' namespace
             # belongs to the operator installed in the cluster, which must be the only one acting there.
             KUBETUNE_NAMESPACES="t-*",

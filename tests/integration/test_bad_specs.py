@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pytest
-from kubetune_operator.k8s import ApiError
+from kubetune_operator.errors import ApiError
 
 pytestmark = pytest.mark.cluster
 

@@ -9,7 +9,8 @@ import json
 from typing import Any
 
 import pytest
-from kubetune_operator.k8s import ApiError, Kube, collection_path
+from kubetune_operator.errors import ApiError
+from kubetune_operator.k8s import Kube, collection_path
 from kubetune_testenv.cluster import Cluster, ControlPlane
 
 from kubetune.api.resource import API_VERSION, KIND, PLURAL

@@ -18,7 +18,6 @@ MANAGED_BY = "kubetune-operator"
 TRAINER_CONTAINER = "trainer"
 # Set by the Job controller on each pod of an Indexed Job.
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
-JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 # On the Job: a digest of the Job spec the operator built it from (see builders.job.job_spec_hash).
 JOB_SPEC_HASH_ANNOTATION = "kubetune.io/job-spec-hash"

@@ -10,11 +10,11 @@ from typing import Any
 from kubetune_operator.builders.names import (
     COMPLETION_INDEX_ANNOTATION,
     FINETUNEJOB_LABEL,
-    JOB_NAME_LABEL,
     TRAINER_CONTAINER,
     child_names,
 )
-from kubetune_operator.k8s import MERGE_PATCH, ApiError, Obj, collection_path, finetunejob_path, object_path
+from kubetune_operator.errors import ApiError, Conflict, Forbidden, Invalid, NotFound, api_error
+from kubetune_operator.k8s import MERGE_PATCH, Obj, collection_path, finetunejob_path, object_path
 
 from kubetune.api.resource import API_VERSION, KIND, PLURAL
 from kubetune.cli.connection import Connection
@@ -25,6 +25,8 @@ FIELD_MANAGER = "kubetune"
 APPLY_PATCH = "application/apply-patch+yaml"
 # Bytes read from a followed log stream at a time; the API server flushes each line as the trainer writes it.
 LOG_CHUNK = 4096
+# The Job controller's label on each pod: the name of its Job.
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 # The API server's 404 message for a resource type it does not serve (no CRD), as opposed to a missing object.
 NO_SUCH_RESOURCE = "could not find the requested resource"
 
@@ -36,15 +38,15 @@ def api_failure(err: ApiError, *, what: str, server: str) -> CliError:
         return CliError(f"cannot reach the API server at {server}: {_innermost(err.message) or err.reason}")
     if err.status == 401:
         return CliError(f"unauthorized: {server} rejected the kubeconfig's credentials")
-    if err.status == 403:
+    if isinstance(err, Forbidden):
         return CliError(f"forbidden: {err.message}")
-    if err.status == 404 and NO_SUCH_RESOURCE in err.message:
+    if isinstance(err, NotFound) and NO_SUCH_RESOURCE in err.message:
         return CliError(f"{server} serves no {KIND} API ({API_VERSION}): is kubetune's CRD installed?")
-    if err.status == 404 and err.message.startswith('namespaces "'):
+    if isinstance(err, NotFound) and err.message.startswith('namespaces "'):
         return NotFoundError(err.message.replace("namespaces", "namespace", 1))
-    if err.status == 404:
+    if isinstance(err, NotFound):
         return NotFoundError(f"{what} not found")
-    if err.status == 422:
+    if isinstance(err, Invalid):
         return CliError(f"{what}: rejected by the API server: {err.message}", code=CliExit.INVALID)
     return CliError(f"{what}: {err.message or err.reason} ({err.status})")
 
@@ -90,9 +92,9 @@ def apply(conn: Connection, *, manifest: Mapping[str, Any], namespace: str, forc
     path = finetunejob_path(namespace=namespace, name=name)
     try:
         return conn.kube.request("PATCH", path, query=query, body=manifest, content_type=APPLY_PATCH)
+    except Conflict as err:
+        raise CliError(f"{describe(namespace, name)}: {err.message} (--force-conflicts takes them over)") from None
     except ApiError as err:
-        if err.status == 409:
-            raise CliError(f"{describe(namespace, name)}: {err.message} (--force-conflicts takes them over)") from None
         raise api_failure(err, what=describe(namespace, name), server=conn.server) from None
 
 
@@ -195,7 +197,7 @@ def follow_log(conn: Connection, *, pod: str, namespace: str, tail: int | None) 
     except ApiException as err:
         raise api_failure(_api_error(err), what=f"pod {namespace}/{pod}", server=conn.server) from None
     except Exception as err:  # connection refused, TLS: the server was not reached
-        failure = ApiError(status=0, reason=type(err).__name__, message=str(err))
+        failure = api_error(status=0, reason=type(err).__name__, message=str(err))
         raise api_failure(failure, what=f"pod {namespace}/{pod}", server=conn.server) from None
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     try:
@@ -213,4 +215,4 @@ def _api_error(err: Any) -> ApiError:
         message = str(json.loads(err.body).get("message") or "")
     except (TypeError, ValueError):
         message = ""
-    return ApiError(status=int(err.status or 0), reason=str(err.reason or ""), message=message or str(err.reason))
+    return api_error(status=int(err.status or 0), reason=str(err.reason or ""), message=message or str(err.reason))

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubetune_operator.k8s import ApiError
+from kubetune_operator.errors import ApiError, api_error
 
 NAMESPACE = "team"
 SERVER = "https://api.example:6443"
@@ -102,7 +102,7 @@ class FakeKube:
     def _answer(self, method: str, path: str) -> Any:
         answer = self.answers.get((method, path))
         if answer is None:
-            raise ApiError(status=404, reason="NotFound", message=f"no answer for {method} {path}")
+            raise api_error(status=404, reason="NotFound", message=f"no answer for {method} {path}")
         if callable(answer):
             answer = answer()
         if isinstance(answer, ApiError):

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 from cli_fixtures import FAILED_STATUS, FTJ_PATH, RUNNING_STATUS, SPEC, SUCCEEDED_STATUS, FakeKube, ftj
-from kubetune_operator.k8s import ApiError
+from kubetune_operator.errors import ApiError, api_error
 
 from kubetune.cli import main
 from kubetune.cli.errors import CliExit
@@ -77,7 +77,7 @@ def test_submit_rejected_by_the_api_server_schema_is_an_invalid_spec(
     tmp_path: Path, fake_api: FakeKube, capsys: pytest.CaptureFixture[str]
 ) -> None:
     message = 'FineTuneJob.kubetune.io "demo" is invalid: spec.hyperparameters.epochs: Invalid value: 0'
-    fake_api.answers[("PATCH", f"{FTJ_PATH}/demo")] = ApiError(status=422, reason="Invalid", message=message)
+    fake_api.answers[("PATCH", f"{FTJ_PATH}/demo")] = api_error(status=422, reason="Invalid", message=message)
     assert main(["submit", "-f", manifest(tmp_path, GOOD)]) == CliExit.INVALID
     assert "spec.hyperparameters.epochs" in stderr_lines(capsys)[-1]
 
@@ -123,7 +123,7 @@ def test_status_output_formats_are_the_api_object(
 
 
 def test_status_of_a_missing_job_is_one_line_naming_it(fake_api: FakeKube, capsys: pytest.CaptureFixture[str]) -> None:
-    fake_api.answers[("GET", f"{FTJ_PATH}/ghost")] = ApiError(status=404, reason="NotFound", message="not found")
+    fake_api.answers[("GET", f"{FTJ_PATH}/ghost")] = api_error(status=404, reason="NotFound", message="not found")
     assert main(["status", "ghost"]) == CliExit.ERROR
     assert stderr_lines(capsys) == ["kubetune: error: FineTuneJob team/ghost not found"]
 
@@ -160,7 +160,7 @@ def test_status_watch_exits_0_on_success_and_streams_json_lines(
 
 
 def test_status_watch_rides_out_a_few_failed_reads(fake_api: FakeKube) -> None:
-    blip = ApiError(status=0, reason="MaxRetryError", message="Connection refused")
+    blip = api_error(status=0, reason="MaxRetryError", message="Connection refused")
     reads = iter([ftj("demo", status=RUNNING_STATUS), blip, blip, ftj("demo", status=SUCCEEDED_STATUS)])
 
     def read() -> Any:
@@ -214,7 +214,7 @@ def test_list_all_namespaces_overrides_namespace_as_in_kubectl(fake_api: FakeKub
 
 def test_list_without_the_crd_says_kubetune_is_missing(fake_api: FakeKube, capsys: pytest.CaptureFixture[str]) -> None:
     message = "the server could not find the requested resource"
-    fake_api.answers[("GET", FTJ_PATH)] = ApiError(status=404, reason="NotFound", message=message)
+    fake_api.answers[("GET", FTJ_PATH)] = api_error(status=404, reason="NotFound", message=message)
     assert main(["list"]) == CliExit.ERROR
     assert stderr_lines(capsys) == [
         "kubetune: error: https://api.example:6443 serves no FineTuneJob API (kubetune.io/v1alpha1): "
@@ -228,7 +228,7 @@ def test_an_unreachable_api_server_is_one_line(fake_api: FakeKube, capsys: pytes
         "NewConnectionError(\"HTTPSConnection(host='api.example', port=6443): Failed to establish a new "
         'connection: [Errno 111] Connection refused"))'
     )
-    fake_api.answers[("GET", FTJ_PATH)] = ApiError(status=0, reason="MaxRetryError", message=message)
+    fake_api.answers[("GET", FTJ_PATH)] = api_error(status=0, reason="MaxRetryError", message=message)
     assert main(["list"]) == CliExit.ERROR
     assert stderr_lines(capsys) == [
         "kubetune: error: cannot reach the API server at https://api.example:6443: [Errno 111] Connection refused"
@@ -237,7 +237,7 @@ def test_an_unreachable_api_server_is_one_line(fake_api: FakeKube, capsys: pytes
 
 def test_forbidden_passes_on_the_api_servers_reason(fake_api: FakeKube, capsys: pytest.CaptureFixture[str]) -> None:
     message = 'finetunejobs.kubetune.io is forbidden: User "ann" cannot list resource "finetunejobs"'
-    fake_api.answers[("GET", FTJ_PATH)] = ApiError(status=403, reason="Forbidden", message=message)
+    fake_api.answers[("GET", FTJ_PATH)] = api_error(status=403, reason="Forbidden", message=message)
     assert main(["list"]) == CliExit.ERROR
     assert stderr_lines(capsys) == [f"kubetune: error: forbidden: {message}"]
 

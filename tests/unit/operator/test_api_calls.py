@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from kubetune_operator.k8s import build_event, collection_path, object_path
-from kubetune_operator.status import EventSpec
+from kubetune_operator.builders.event import EventSpec, build_event
+from kubetune_operator.k8s import collection_path, object_path
 
 
 def test_core_and_group_resources_have_their_api_prefixes() -> None:

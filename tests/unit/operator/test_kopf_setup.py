@@ -30,15 +30,34 @@ def test_a_peering_name_turns_standalone_mode_off() -> None:
 
 def test_handlers_watch_finetunejobs_and_their_labelled_jobs_and_pods() -> None:
     registry = kopf.OperatorRegistry()
-    register(registry=registry, settings=OperatorSettings(), kube=Kube(api_client=None), metrics=OperatorMetrics())  # type: ignore[arg-type]
+    requeue = register(
+        registry=registry,
+        settings=OperatorSettings(),
+        kube=Kube(api_client=None),  # type: ignore[arg-type]
+        metrics=OperatorMetrics(),
+    )
+    requeue.stop()
     watched = {(h.selector.group, h.selector.any_name) for h in registry._watching.get_all_handlers()}  # type: ignore[union-attr]
     changing = {h.selector.group for h in registry._changing.get_all_handlers()}  # type: ignore[union-attr]
+    indexed = {(h.selector.group, h.selector.any_name) for h in registry._indexing.get_all_handlers()}  # type: ignore[union-attr]
     timers = list(registry._spawning.get_all_handlers())
     assert changing == {"kubetune.io"}
     assert len(timers) == 1 and getattr(timers[0], "interval", None) == OperatorSettings().resync_interval_seconds
-    assert watched == {("batch", "jobs"), ("", "pods")}
-    for handler in registry._watching.get_all_handlers():
-        assert "kubetune.io/finetunejob" in (handler.labels or {})
+    assert watched == {("batch", "jobs"), ("", "pods"), ("", "configmaps"), ("", "services")}
+    assert indexed == watched | {("kubetune.io", "finetunejobs")}
+    for handler in [*registry._watching.get_all_handlers(), *registry._indexing.get_all_handlers()]:
+        if handler.selector.group != "kubetune.io":  # type: ignore[union-attr]
+            assert "kubetune.io/finetunejob" in (handler.labels or {})
+
+
+def test_children_and_pods_are_filtered_by_the_api_server_not_after_download() -> None:
+    kopf_settings = kopf.OperatorSettings()
+    configure_kopf(kopf_settings=kopf_settings, settings=OperatorSettings())
+    selectors = {
+        selector.plural or selector.any_name: value
+        for selector, value in kopf_settings.watching.label_selectors.items()
+    }
+    assert selectors == dict.fromkeys(["jobs", "configmaps", "services", "pods"], "kubetune.io/finetunejob")
 
 
 def test_the_operators_identity_needs_no_password_database_entry(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -253,13 +253,18 @@ def test_qlora_job_uses_the_operator_default_image_unless_the_spec_names_one(mak
 
 def test_annotations_with_a_passthrough_prefix_reach_the_pod_template_and_others_do_not(make_ftj: MakeFtj) -> None:
     ftj_annotations = {"kubetune.test/run-for": "5s", "kubetune.test/exit-code": "65", "team": "nlp"}
-    job = job_for(make_ftj, annotations=ftj_annotations)
+    passthrough = OperatorSettings(pod_annotation_prefixes=("kubetune.test/",))
+    job = job_for(make_ftj, passthrough, annotations=ftj_annotations)
     assert job["spec"]["template"]["metadata"]["annotations"] == {
         "kubetune.test/run-for": "5s",
         "kubetune.test/exit-code": "65",
     }
-    none = job_for(make_ftj, OperatorSettings(pod_annotation_prefixes=()), annotations=ftj_annotations)
-    assert "annotations" not in none["spec"]["template"]["metadata"]
+
+
+def test_by_default_no_finetunejob_annotation_reaches_the_pods_not_even_the_test_hook(make_ftj: MakeFtj) -> None:
+    ftj_annotations = {"kubetune.test/run-for": "5s", "kubetune.test/exit-code": "65", "team": "nlp"}
+    job = job_for(make_ftj, OperatorSettings(), annotations=ftj_annotations)
+    assert "annotations" not in job["spec"]["template"]["metadata"]
 
 
 def test_no_secret_value_appears_anywhere_in_the_manifests(make_ftj: MakeFtj) -> None:

@@ -1,0 +1,57 @@
+"""Typed failures of Kubernetes API calls, one class per way a caller reacts.
+
+``api_error`` turns an HTTP status into the class, so callers write ``except NotFound`` instead of
+comparing numbers. Every class keeps ``status`` (the HTTP status, 0 when the server was not reached).
+"""
+
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    """An API call failed; ``status`` is the HTTP status (0 when the server was not reached)."""
+
+    def __init__(self, *, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class NotFound(ApiError):
+    """404: the object (or its namespace) does not exist."""
+
+
+class Conflict(ApiError):
+    """409: the name is taken, or a resourceVersion / uid precondition no longer holds. Re-read and retry."""
+
+
+class Gone(ApiError):
+    """410: a watch or list resumed from a resourceVersion the API server no longer keeps. Re-list."""
+
+
+class Invalid(ApiError):
+    """422: the API server's validation (OpenAPI schema, CEL rules) rejected the object. Permanent."""
+
+
+class Forbidden(ApiError):
+    """403: RBAC, an admission plugin or a ResourceQuota refused the request."""
+
+
+class Transient(ApiError):
+    """429, 5xx, or no answer at all: the server is busy or unreachable. Retry with backoff."""
+
+
+_BY_STATUS: dict[int, type[ApiError]] = {403: Forbidden, 404: NotFound, 409: Conflict, 410: Gone, 422: Invalid}
+
+
+def api_error(*, status: int, reason: str, message: str) -> ApiError:
+    """The typed error for an HTTP status."""
+    if status in _BY_STATUS:
+        return _BY_STATUS[status](status=status, reason=reason, message=message)
+    if status == 0 or status == 429 or status >= 500:
+        return Transient(status=status, reason=reason, message=message)
+    return ApiError(status=status, reason=reason, message=message)
+
+
+class ChildConflictError(Exception):
+    """A child's deterministic name is taken by an object the FineTuneJob does not own."""

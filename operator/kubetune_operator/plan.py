@@ -1,0 +1,308 @@
+"""Pure planning: what is observed of one FineTuneJob in; the actions, the status and the next check out.
+
+The plan is the whole decision of a reconcile. ``reconcile.observe`` gathers its input and
+``reconcile.act`` applies its output; neither decides anything, so every behaviour of the operator is
+tested here, without a cluster, as a table of observed states.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from kubetune.api.progress import ProgressEvent
+from kubetune.api.resource import KIND, FineTuneJob
+from kubetune.api.status import FineTuneJobStatus, Phase
+from kubetune.api.validation import spec_errors
+from kubetune_operator.builders import build_children
+from kubetune_operator.builders.event import EventSpec
+from kubetune_operator.builders.names import (
+    COMPLETION_INDEX_ANNOTATION,
+    JOB_SPEC_HASH_ANNOTATION,
+    KUEUE_QUEUE_LABEL,
+    name_problems,
+)
+from kubetune_operator.settings import OperatorSettings
+from kubetune_operator.status import (
+    TERMINAL_PHASES,
+    UNSCHEDULABLE,
+    Observation,
+    compute_status,
+    parse_status,
+    parse_time,
+    status_patch,
+    transition_events,
+)
+
+Obj = Mapping[str, Any]
+# A child still owned by a deleted FineTuneJob of the same name: the garbage collector removes it within
+# seconds, and its deletion is a watch event; the re-check is a fallback.
+WAIT_FOR_GARBAGE_COLLECTION_SECONDS = 5.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Observed:
+    """One FineTuneJob and what it owns, as read at ``now``."""
+
+    ftj: Obj
+    config_map: Obj | None
+    service: Obj | None
+    job: Obj | None
+    # The trainer pods of ``job`` (not of an earlier Job of the same name).
+    pods: Sequence[Obj]
+    now: datetime
+    # Progress events from the log of rank 0, oldest first (empty when not read or unreadable).
+    trainer_events: Sequence[ProgressEvent] = ()
+    # Set when creating a child found its name taken by an object this FineTuneJob does not own.
+    child_conflict: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnsureChild:
+    """Create the child, or repair the existing one's owner reference (and a ConfigMap's data)."""
+
+    manifest: Obj
+    # Posted only when this action created the object, so a retried reconcile never posts it twice.
+    created_event: EventSpec | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeleteJob:
+    """Delete the Job with this uid (not a newer one of the same name)."""
+
+    name: str
+    uid: str
+    why: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class SetJobSuspend:
+    name: str
+    suspend: bool
+    why: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeleteFineTuneJob:
+    """Delete the FineTuneJob with this uid; its children follow by garbage collection."""
+
+    uid: str
+    why: str
+
+
+Action = EnsureChild | DeleteJob | SetJobSuspend | DeleteFineTuneJob
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    phase: Phase | None
+    actions: tuple[Action, ...] = ()
+    # A JSON merge patch of status; None when the stored status is already the desired one.
+    status_patch: dict[str, Any] | None = None
+    # Posted after the status write wins (a lost race re-plans, and must not post them twice).
+    events: tuple[EventSpec, ...] = field(default=())
+    # Seconds until time alone changes the plan (a pending timeout, a TTL, the next progress read).
+    requeue_after: float | None = None
+
+
+def plan(observed: Observed, *, settings: OperatorSettings) -> Plan:
+    """Everything one reconcile should do for ``observed``."""
+    previous = parse_status(observed.ftj.get("status"))
+    if previous.phase in TERMINAL_PHASES:
+        return _plan_finished(observed, previous=previous)
+    meta = observed.ftj["metadata"]
+    problems = name_problems(name=meta["name"]) + spec_errors(observed.ftj.get("spec") or {})
+    if observed.child_conflict:
+        problems.append(f"metadata.name: {observed.child_conflict}")
+    if problems:
+        desired = _desired(observed, previous=previous, settings=settings, problems=problems)
+        return _with_status(previous=previous, desired=desired)
+    # The stored status is parsed apart (parse_status): an unreadable one must not block the spec.
+    ftj = FineTuneJob.from_object({**observed.ftj, "status": {}})
+    children = build_children(ftj=ftj, settings=settings)
+    job = observed.job
+    existing = [child for child in (observed.config_map, observed.service, job) if child is not None]
+    foreign = [child for child in existing if _foreign(child, ftj_name=meta["name"])]
+    if foreign:
+        kind, name = foreign[0].get("kind", "object"), foreign[0]["metadata"]["name"]
+        problem = f"metadata.name: {kind} {name} already exists and is not owned by this FineTuneJob"
+        desired = _desired(observed, previous=previous, settings=settings, problems=[problem])
+        return _with_status(previous=previous, desired=desired)
+    if any(_controller_uid(child) not in (None, meta["uid"]) for child in existing):
+        # Still controlled by a deleted FineTuneJob of this name: wait for the garbage collector.
+        return Plan(phase=previous.phase, requeue_after=WAIT_FOR_GARBAGE_COLLECTION_SECONDS)
+    actions: list[Action] = [
+        EnsureChild(manifest=manifest)
+        for current, manifest in ((observed.config_map, children.config_map), (observed.service, children.service))
+        if not _is_current(current, manifest, uid=meta["uid"])
+    ]
+    if job is None:
+        job_name = children.job["metadata"]["name"]
+        created = EventSpec(type="Normal", reason="JobCreated", message=f"created Job {job_name}")
+        actions.append(EnsureChild(manifest=children.job, created_event=created))
+        job = children.job  # the status is computed from the Job as it is once created
+    elif _outdated_while_stopped(job=job, desired=children.job):
+        # Resources changed while suspended: a Job's pod template cannot change, so the Job is replaced.
+        # Its deletion is a watch event, and that reconcile creates the new one; the status stays as it is
+        # meanwhile, so no spurious phase change is reported.
+        why = "the spec changed while the Job was stopped"
+        actions.append(DeleteJob(name=job["metadata"]["name"], uid=job["metadata"]["uid"], why=why))
+        return Plan(phase=previous.phase, actions=tuple(actions))
+    elif _controller_uid(job) != meta["uid"]:
+        actions.append(EnsureChild(manifest=children.job))  # an orphan carrying our label: adopt it
+    suspend = ftj.spec.run_policy.suspend
+    if _should_set_suspend(job, suspend=suspend):
+        actions.append(SetJobSuspend(name=job["metadata"]["name"], suspend=suspend, why="spec.runPolicy.suspend"))
+        job = _with_suspend(job, suspend=suspend)
+    desired = _desired(
+        observed, previous=previous, settings=settings, job=job, suspend=suspend, nodes=ftj.spec.resources.nodes
+    )
+    if desired.failure is not None and desired.failure.reason == UNSCHEDULABLE and not _suspended(job):
+        # Stop the pods that will never run; the suspended Job stays for inspection.
+        why = "the pods stayed unschedulable past the pending timeout"
+        actions.append(SetJobSuspend(name=job["metadata"]["name"], suspend=True, why=why))
+    requeue = _next_check(observed, desired=desired, settings=settings)
+    return _with_status(previous=previous, desired=desired, actions=actions, requeue_after=requeue)
+
+
+def _desired(
+    observed: Observed,
+    *,
+    previous: FineTuneJobStatus,
+    settings: OperatorSettings,
+    problems: Sequence[str] = (),
+    job: Obj | None = None,
+    suspend: bool = False,
+    nodes: int = 1,
+) -> FineTuneJobStatus:
+    return compute_status(
+        Observation(
+            generation=int(observed.ftj["metadata"].get("generation") or 0),
+            spec_problems=problems,
+            job=job,
+            pods=observed.pods if job is not None else (),
+            previous=previous,
+            now=observed.now,
+            nodes=nodes,
+            suspend_requested=suspend,
+            pending_timeout=timedelta(seconds=settings.pending_timeout_seconds),
+            trainer_events=observed.trainer_events if job is not None else (),
+        )
+    )
+
+
+def _with_status(
+    *,
+    previous: FineTuneJobStatus,
+    desired: FineTuneJobStatus,
+    actions: Sequence[Action] = (),
+    requeue_after: float | None = None,
+) -> Plan:
+    patch = status_patch(previous=previous, desired=desired)
+    events = tuple(transition_events(previous=previous, desired=desired)) if patch is not None else ()
+    return Plan(
+        phase=desired.phase, actions=tuple(actions), status_patch=patch, events=events, requeue_after=requeue_after
+    )
+
+
+def _plan_finished(observed: Observed, *, previous: FineTuneJobStatus) -> Plan:
+    """A finished FineTuneJob only waits for its TTL; its status is final."""
+    ttl = ((observed.ftj.get("spec") or {}).get("runPolicy") or {}).get("ttlSecondsAfterFinished")
+    finished = previous.completion_time
+    if not isinstance(ttl, int) or finished is None:
+        return Plan(phase=previous.phase)
+    left = (finished + timedelta(seconds=ttl) - observed.now).total_seconds()
+    if left > 0:
+        return Plan(phase=previous.phase, requeue_after=left)
+    why = f"finished at {finished.isoformat()}, ttlSecondsAfterFinished {ttl} expired"
+    return Plan(phase=previous.phase, actions=(DeleteFineTuneJob(uid=observed.ftj["metadata"]["uid"], why=why),))
+
+
+def _next_check(observed: Observed, *, desired: FineTuneJobStatus, settings: OperatorSettings) -> float | None:
+    """Seconds until time alone could change the plan: a pending timeout expiring, or progress to read."""
+    waits: list[float] = []
+    if desired.phase == "Pending":
+        timeout = timedelta(seconds=settings.pending_timeout_seconds)
+        for since in _unschedulable_since(observed.pods):
+            waits.append(max((since + timeout - observed.now).total_seconds(), 0.0) + 1.0)
+    if desired.phase == "Running" and settings.progress_log_lines and rank0_pod(observed.pods) is not None:
+        waits.append(settings.progress_poll_seconds)
+    return min(waits) if waits else None
+
+
+def _unschedulable_since(pods: Sequence[Obj]) -> list[datetime]:
+    out = []
+    for pod in pods:
+        if (pod.get("status") or {}).get("phase") != "Pending":
+            continue
+        for cond in (pod.get("status") or {}).get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                since = parse_time(cond.get("lastTransitionTime")) or parse_time(
+                    (pod.get("metadata") or {}).get("creationTimestamp")
+                )
+                if since is not None:
+                    out.append(since)
+    return out
+
+
+def rank0_pod(pods: Sequence[Obj]) -> Obj | None:
+    """The newest started pod of completion index 0: the rank whose log carries the progress events."""
+    started = [
+        p
+        for p in pods
+        if (p["metadata"].get("annotations") or {}).get(COMPLETION_INDEX_ANNOTATION) == "0"
+        and (p.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed")
+    ]
+    if not started:
+        return None
+    return max(started, key=lambda p: str(p["metadata"].get("creationTimestamp") or ""))
+
+
+def _controller_uid(obj: Obj) -> str | None:
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return str(ref.get("uid"))
+    return None
+
+
+def _foreign(child: Obj, *, ftj_name: str) -> bool:
+    """Controlled by something other than a FineTuneJob of this name: never adopted, never overwritten."""
+    for ref in (child.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return bool(ref.get("kind") != KIND or ref.get("name") != ftj_name)
+    return False
+
+
+def _is_current(existing: Obj | None, manifest: Obj, *, uid: str) -> bool:
+    if existing is None or _controller_uid(existing) != uid:
+        return False
+    return "data" not in manifest or (existing.get("data") or {}) == manifest["data"]
+
+
+def _suspended(job: Obj) -> bool:
+    return bool((job.get("spec") or {}).get("suspend"))
+
+
+def _with_suspend(job: Obj, *, suspend: bool) -> dict[str, Any]:
+    return {**job, "spec": {**(job.get("spec") or {}), "suspend": suspend}}
+
+
+def _should_set_suspend(job: Obj, *, suspend: bool) -> bool:
+    """The Job's suspend should follow spec.runPolicy.suspend.
+
+    A Job with a Kueue queue label is resumed by Kueue on admission, never by the operator: unsuspending
+    it here would start pods the queue has not admitted.
+    """
+    if _suspended(job) == suspend:
+        return False
+    return suspend or KUEUE_QUEUE_LABEL not in ((job.get("metadata") or {}).get("labels") or {})
+
+
+def _outdated_while_stopped(*, job: Obj, desired: Obj) -> bool:
+    """The Job was built from an older spec and can be replaced without stopping a running trainer."""
+    built_from = ((job.get("metadata") or {}).get("annotations") or {}).get(JOB_SPEC_HASH_ANNOTATION)
+    wanted = desired["metadata"]["annotations"][JOB_SPEC_HASH_ANNOTATION]
+    stopped = _suspended(job) and not (job.get("status") or {}).get("active")
+    return built_from is not None and built_from != wanted and stopped

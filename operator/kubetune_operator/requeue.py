@@ -1,0 +1,95 @@
+"""Reconciles scheduled for a time: a pending timeout expiring, a TTL, the next progress read.
+
+A plan says when time alone would change it (``Plan.requeue_after``); this scheduler runs the reconcile
+then, instead of a timer per FineTuneJob firing whether or not anything is due. One thread sleeps until
+the earliest due key; a key holds one wake-up (a new one replaces it), and the callbacks run on a small
+pool so one slow reconcile does not hold up the others.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+# (namespace, name) of a FineTuneJob.
+Key = tuple[str, str]
+
+log = logging.getLogger(__name__)
+
+
+class Requeue:
+    def __init__(
+        self, *, callback: Callable[[Key], None], workers: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._callback = callback
+        self._clock = clock
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="requeue")
+        self._cond = threading.Condition()
+        self._due: dict[Key, float] = {}
+        self._heap: list[tuple[float, int, Key]] = []
+        self._counter = 0
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name="requeue", daemon=True)
+        self._thread.start()
+
+    def schedule(self, key: Key, *, after: float) -> None:
+        """Reconcile ``key`` in ``after`` seconds, replacing its previous wake-up."""
+        at = self._clock() + max(after, 0.0)
+        with self._cond:
+            self._due[key] = at
+            self._counter += 1
+            heapq.heappush(self._heap, (at, self._counter, key))
+            self._cond.notify()
+
+    def cancel(self, key: Key) -> None:
+        with self._cond:
+            self._due.pop(key, None)
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._due)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        self._thread.join(timeout=5)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                key = self._next_due()
+                if key is None:
+                    if self._stopped:
+                        return
+                    continue
+            self._pool.submit(self._run, key)
+
+    def _next_due(self) -> Key | None:
+        """Wait (holding the condition) until a wake-up is due; superseded heap entries are skipped."""
+        while not self._stopped:
+            while self._heap and self._due.get(self._heap[0][2]) != self._heap[0][0]:
+                heapq.heappop(self._heap)
+            if not self._heap:
+                self._cond.wait()
+                continue
+            at, _, key = self._heap[0]
+            wait = at - self._clock()
+            if wait > 0:
+                self._cond.wait(timeout=wait)
+                continue
+            heapq.heappop(self._heap)
+            del self._due[key]
+            return key
+        return None
+
+    def _run(self, key: Key) -> None:
+        try:
+            self._callback(key)
+        except Exception:  # the callback logs its own failures; the scheduler must keep running
+            log.exception("scheduled reconcile of %s failed", key)

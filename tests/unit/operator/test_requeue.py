@@ -1,0 +1,87 @@
+"""The scheduler of timed re-checks: runs each key once at its latest due time, keeps running on errors."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from kubetune_operator.requeue import Key, Requeue
+
+
+class Calls:
+    def __init__(self, *, fail_on: Key | None = None) -> None:
+        self.seen: list[tuple[Key, float]] = []
+        self.fail_on = fail_on
+        self.event = threading.Event()
+        self._lock = threading.Lock()
+
+    def __call__(self, key: Key) -> None:
+        with self._lock:
+            self.seen.append((key, time.monotonic()))
+        self.event.set()
+        if key == self.fail_on:
+            raise RuntimeError("reconcile failed")
+
+
+def wait_for_calls(calls: Calls, count: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(calls.seen) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_a_key_runs_once_when_due_and_a_new_schedule_replaces_the_old_one() -> None:
+    calls = Calls()
+    requeue = Requeue(callback=calls, workers=2)
+    try:
+        start = time.monotonic()
+        requeue.schedule(("ns", "a"), after=0.05)
+        requeue.schedule(("ns", "a"), after=0.3)  # replaces the earlier wake-up
+        requeue.schedule(("ns", "b"), after=0.1)
+        wait_for_calls(calls, 2)
+        time.sleep(0.3)
+        assert [key for key, _ in calls.seen] == [("ns", "b"), ("ns", "a")]
+        assert calls.seen[1][1] - start >= 0.3
+        assert requeue.pending() == 0
+    finally:
+        requeue.stop()
+
+
+def test_a_cancelled_key_never_runs() -> None:
+    calls = Calls()
+    requeue = Requeue(callback=calls, workers=1)
+    try:
+        requeue.schedule(("ns", "gone"), after=0.05)
+        requeue.cancel(("ns", "gone"))
+        requeue.schedule(("ns", "kept"), after=0.1)
+        wait_for_calls(calls, 1)
+        time.sleep(0.1)
+        assert [key for key, _ in calls.seen] == [("ns", "kept")]
+    finally:
+        requeue.stop()
+
+
+def test_a_failing_callback_does_not_stop_the_scheduler() -> None:
+    calls = Calls(fail_on=("ns", "bad"))
+    requeue = Requeue(callback=calls, workers=1)
+    try:
+        requeue.schedule(("ns", "bad"), after=0.0)
+        requeue.schedule(("ns", "good"), after=0.05)
+        wait_for_calls(calls, 2)
+        assert [key for key, _ in calls.seen] == [("ns", "bad"), ("ns", "good")]
+    finally:
+        requeue.stop()
+
+
+def test_many_keys_cost_one_thread_not_one_timer_each() -> None:
+    calls = Calls()
+    requeue = Requeue(callback=calls, workers=2)
+    try:
+        requeue.schedule(("ns", "job-0"), after=3600)
+        threads = {t.ident for t in threading.enumerate()}
+        for i in range(1, 1000):
+            requeue.schedule(("ns", f"job-{i}"), after=3600)
+        assert requeue.pending() == 1000
+        assert {t.ident for t in threading.enumerate()} <= threads
+        assert calls.seen == []
+    finally:
+        requeue.stop()
