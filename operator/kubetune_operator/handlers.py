@@ -181,23 +181,23 @@ def register(
         # the Kubernetes client (kopf's autodetection does not recognise this client's version).
         return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
-    @kopf.index(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.index(GROUP, VERSION, PLURAL, id="finetunejob_cache", registry=registry)
     def finetunejob_cache(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace, name): slim(body, kind="FineTuneJob")}
 
-    @kopf.index("batch", "v1", "jobs", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, registry=registry)
+    @kopf.index("batch", "v1", "jobs", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, id="job_cache", registry=registry)
     def job_cache(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace, labels[FINETUNEJOB_LABEL]): slim(body, kind="Job")}
 
-    @kopf.index("v1", "configmaps", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, registry=registry)
+    @kopf.index("v1", "configmaps", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, id="configmap_cache", registry=registry)
     def configmap_cache(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace, labels[FINETUNEJOB_LABEL]): slim(body, kind="ConfigMap")}
 
-    @kopf.index("v1", "services", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, registry=registry)
+    @kopf.index("v1", "services", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, id="service_cache", registry=registry)
     def service_cache(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace, labels[FINETUNEJOB_LABEL]): slim(body, kind="Service")}
 
-    @kopf.index("v1", "pods", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, registry=registry)
+    @kopf.index("v1", "pods", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, id="pod_cache", registry=registry)
     def pod_cache(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace, labels[FINETUNEJOB_LABEL]): slim(body, kind="Pod")}
 
