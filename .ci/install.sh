@@ -14,8 +14,8 @@ install_packages() {
   step "System packages"
   # openssl: the test control plane's CA and certificates. The real node: containerd + runc, the CNI
   # plugins, iptables and conntrack (kube-proxy), iproute2. Images: buildah, mmdebstrap, and gcc + libc6-dev
-  # for the static pause binary.
-  local packages=(openssl containerd runc containernetworking-plugins iptables conntrack iproute2 buildah mmdebstrap gcc libc6-dev)
+  # for the static pause binary. lua5.4: the Argo CD health check's tests (deploy/argocd/).
+  local packages=(openssl containerd runc containernetworking-plugins iptables conntrack iproute2 buildah mmdebstrap gcc libc6-dev lua5.4)
   local missing=() package
   for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
