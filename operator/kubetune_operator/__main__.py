@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import sys
+import time
 
 import kopf
 from kubernetes import client, config
@@ -36,6 +37,16 @@ def operator_identity() -> str:
     return f"kubetune@{socket.gethostname()}/{os.getpid()}"
 
 
+def peering_priority(*, started_at: float) -> int:
+    """The replica's kopf peering priority: the earlier it started, the higher, so the running replica keeps
+    acting and a new one waits as a standby.
+
+    kopf pauses *every* replica that sees a live peer of equal priority, so replicas of one Deployment
+    (same settings) must not share one: milliseconds since the epoch make a tie practically impossible.
+    """
+    return -int(started_at * 1000)
+
+
 def main() -> int:
     try:
         settings = OperatorSettings.from_env(environ=os.environ)
@@ -60,6 +71,7 @@ def main() -> int:
         namespaces=settings.namespaces,
         standalone=settings.peering_name is None,
         peering_name=settings.peering_name,
+        priority=peering_priority(started_at=time.time()),
         liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None,
     )
     return 0

@@ -17,6 +17,10 @@ class ApiError(Exception):
         self.message = message
 
 
+class BadRequest(ApiError):
+    """400: the API server could not decode the object (a field of the wrong shape). Permanent."""
+
+
 class NotFound(ApiError):
     """404: the object (or its namespace) does not exist."""
 
@@ -41,7 +45,14 @@ class Transient(ApiError):
     """429, 5xx, or no answer at all: the server is busy or unreachable. Retry with backoff."""
 
 
-_BY_STATUS: dict[int, type[ApiError]] = {403: Forbidden, 404: NotFound, 409: Conflict, 410: Gone, 422: Invalid}
+_BY_STATUS: dict[int, type[ApiError]] = {
+    400: BadRequest,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    410: Gone,
+    422: Invalid,
+}
 
 
 def api_error(*, status: int, reason: str, message: str) -> ApiError:
@@ -53,5 +64,23 @@ def api_error(*, status: int, reason: str, message: str) -> ApiError:
     return ApiError(status=status, reason=reason, message=message)
 
 
-class ChildConflictError(Exception):
+class ChildProblem(Exception):
+    """A child cannot be created for a reason retrying will not fix; ``problem`` names the field."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+
+
+class ChildConflictError(ChildProblem):
     """A child's deterministic name is taken by an object the FineTuneJob does not own."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"metadata.name: {message}")
+
+
+class ChildRejectedError(ChildProblem):
+    """The API server refused a child built from the spec (400/422): a spec the CRD's schema let through."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"spec: {message}")

@@ -24,7 +24,7 @@ from kubetune_operator.builders.names import FINETUNEJOB_LABEL
 from kubetune_operator.cache import Obj, slim
 from kubetune_operator.metrics import OperatorMetrics
 from kubetune_operator.reconcile import Logger, reconcile
-from kubetune_operator.requeue import Requeue
+from kubetune_operator.requeue import Backoff, Requeue
 from kubetune_operator.settings import OperatorSettings
 
 # kopf's bookkeeping lives in annotations under our own prefix: the CRD's status schema prunes unknown
@@ -33,8 +33,6 @@ KOPF_PREFIX = "kubetune.io"
 FINALIZER = "kubetune.io/operator"
 # The kinds the operator caches besides FineTuneJobs, each watched only where it carries our label.
 CHILD_RESOURCES = (("batch", "v1", "jobs"), ("", "v1", "configmaps"), ("", "v1", "services"), ("", "v1", "pods"))
-# Seconds before a scheduled reconcile that failed is tried again (kopf's own retries cover the others).
-RETRY_SECONDS = 10.0
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +51,7 @@ def configure_kopf(*, kopf_settings: kopf.OperatorSettings, settings: OperatorSe
     kopf_settings.execution.max_workers = settings.max_workers
     # Our handlers post their own Events with specific reasons; kopf's log lines stay in the log.
     kopf_settings.posting.level = logging.WARNING
-    # Transient API trouble: retry a failed handler with backoff instead of giving up.
+    # Our handlers retry failed reconciles themselves (requeue.Backoff); this covers kopf's own steps.
     kopf_settings.queueing.error_delays = (1, 1, 2, 5, 10, 20, 30, 60)
     # Server-side filtering: the watches of children and pods carry only the objects the operator owns.
     for group, _, plural in CHILD_RESOURCES:
@@ -124,23 +122,31 @@ def register(
 ) -> Requeue:
     """Register every handler of the operator on ``registry``; returns the scheduler of timed re-checks."""
     locks = KeyedLocks()
+    backoff = Backoff()
     reader = IndexReader()
     operator_settings = settings
     requeue: Requeue
 
     def run(*, namespace: str | None, name: str, trigger: str, logger: Logger) -> None:
+        """Reconcile; a failure is counted, logged and retried with backoff by the scheduler (never by kopf,
+        whose retries would record the error in the FineTuneJob's annotations)."""
         assert namespace is not None, "FineTuneJobs and their children are namespaced"
+        key = (namespace, name)
         metrics.reconciles.labels(trigger=trigger).inc()
         try:
-            with locks.hold((namespace, name)):
+            with locks.hold(key):
                 result = reconcile(
                     kube, reader=reader, namespace=namespace, name=name, settings=settings, logger=logger
                 )
-        except Exception:
+        except Exception as err:
             metrics.reconcile_errors.labels(trigger=trigger).inc()
-            raise
+            delay = backoff.failed(key)
+            logger.warning("reconcile failed (%s: %s); retrying in %ss", type(err).__name__, err, delay)
+            requeue.schedule(key, after=delay)
+            return
+        backoff.succeeded(key)
         if result is None or result.deleted:
-            requeue.cancel((namespace, name))
+            requeue.cancel(key)
             if result is not None:
                 metrics.forget(uid=result.uid)
             return
@@ -148,18 +154,11 @@ def register(
         if result.plan.status_patch is not None:
             metrics.status_writes.inc()
         if result.plan.requeue_after is not None:
-            requeue.schedule((namespace, name), after=result.plan.requeue_after)
+            requeue.schedule(key, after=result.plan.requeue_after)
 
     def scheduled(key: tuple[str, str]) -> None:
         namespace, name = key
-        logger = logging.LoggerAdapter(log, {"object": f"{namespace}/{name}"})
-        try:
-            run(namespace=namespace, name=name, trigger="scheduled", logger=logger)
-        except Exception as err:
-            logger.warning(
-                "scheduled reconcile of %s/%s failed, retrying in %ss: %s", namespace, name, RETRY_SECONDS, err
-            )
-            requeue.schedule(key, after=RETRY_SECONDS)
+        run(namespace=namespace, name=name, trigger="scheduled", logger=logging.LoggerAdapter(log, {}))
 
     requeue = Requeue(callback=scheduled, workers=settings.max_workers)
 

@@ -254,6 +254,15 @@ def delete_finetunejob(kube: Kube, *, namespace: str, name: str, uid: str) -> No
         kube.request("DELETE", finetunejob_path(namespace=namespace, name=name), body=body)
 
 
+def pod_creation_failures(kube: Kube, *, namespace: str, job_uid: str) -> list[str]:
+    """Messages of the Job controller's FailedCreate events about this Job, oldest first."""
+    path = collection_path(api_version="v1", plural="events", namespace=namespace)
+    selector = f"involvedObject.uid={job_uid},reason=FailedCreate"
+    items = kube.request("GET", path, query=[("fieldSelector", selector)]).get("items") or []
+    items.sort(key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+    return [str(e.get("message") or "") for e in items]
+
+
 def post_event(kube: Kube, *, ftj: Mapping[str, Any], event: EventSpec, now: datetime) -> None:
     path = collection_path(api_version="v1", plural="events", namespace=ftj["metadata"]["namespace"])
     kube.request("POST", path, body=build_event(ftj=ftj, event=event, now=now))

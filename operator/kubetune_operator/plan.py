@@ -40,6 +40,10 @@ Obj = Mapping[str, Any]
 # A child still owned by a deleted FineTuneJob of the same name: the garbage collector removes it within
 # seconds, and its deletion is a watch event; the re-check is a fallback.
 WAIT_FOR_GARBAGE_COLLECTION_SECONDS = 5.0
+# The Job controller creates pods within a second or two; a Job without pods after this long is asked why.
+POD_CREATION_GRACE_SECONDS = 5.0
+# How often a Job without pods is asked again (it retries with backoff, up to every few minutes).
+POD_CREATION_RECHECK_SECONDS = 15.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,8 +59,11 @@ class Observed:
     now: datetime
     # Progress events from the log of rank 0, oldest first (empty when not read or unreadable).
     trainer_events: Sequence[ProgressEvent] = ()
-    # Set when creating a child found its name taken by an object this FineTuneJob does not own.
-    child_conflict: str | None = None
+    # Set when creating a child failed for good (its name taken by an object this FineTuneJob does not own,
+    # or the API server refused it): the problem, naming the field.
+    child_problem: str | None = None
+    # The Job controller's FailedCreate messages for the Job (read only when ``pods_overdue`` says so).
+    pod_creation_failures: Sequence[str] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,8 +121,8 @@ def plan(observed: Observed, *, settings: OperatorSettings) -> Plan:
         return _plan_finished(observed, previous=previous)
     meta = observed.ftj["metadata"]
     problems = name_problems(name=meta["name"]) + spec_errors(observed.ftj.get("spec") or {})
-    if observed.child_conflict:
-        problems.append(f"metadata.name: {observed.child_conflict}")
+    if observed.child_problem:
+        problems.append(observed.child_problem)
     if problems:
         desired = _desired(observed, previous=previous, settings=settings, problems=problems)
         return _with_status(previous=previous, desired=desired)
@@ -189,6 +196,7 @@ def _desired(
             suspend_requested=suspend,
             pending_timeout=timedelta(seconds=settings.pending_timeout_seconds),
             trainer_events=observed.trainer_events if job is not None else (),
+            pod_creation_failures=observed.pod_creation_failures if job is not None else (),
         )
     )
 
@@ -229,7 +237,29 @@ def _next_check(observed: Observed, *, desired: FineTuneJobStatus, settings: Ope
             waits.append(max((since + timeout - observed.now).total_seconds(), 0.0) + 1.0)
     if desired.phase == "Running" and settings.progress_log_lines and rank0_pod(observed.pods) is not None:
         waits.append(settings.progress_poll_seconds)
+    waiting = _waiting_for_pods_since(observed.job, pods=observed.pods) if observed.job is not None else None
+    if waiting is not None:
+        # Refused pod creations change no Job or pod, so no watch event says when they stop.
+        age = (observed.now - waiting).total_seconds()
+        waits.append(
+            POD_CREATION_GRACE_SECONDS - age + 0.5 if age < POD_CREATION_GRACE_SECONDS else POD_CREATION_RECHECK_SECONDS
+        )
     return min(waits) if waits else None
+
+
+def pods_overdue(job: Obj, *, pods: Sequence[Obj], now: datetime) -> bool:
+    """A running Job that has had time to create its pods and has none: worth asking the Job's events why."""
+    since = _waiting_for_pods_since(job, pods=pods)
+    return since is not None and (now - since).total_seconds() >= POD_CREATION_GRACE_SECONDS
+
+
+def _waiting_for_pods_since(job: Obj, *, pods: Sequence[Obj]) -> datetime | None:
+    """When a Job that should have pods and has none was created; None when it has pods or should not."""
+    if _suspended(job) or pods or (job.get("status") or {}).get("active"):
+        return None
+    if any(c.get("status") == "True" for c in (job.get("status") or {}).get("conditions") or []):
+        return None  # finished, failed or otherwise settled
+    return parse_time((job.get("metadata") or {}).get("creationTimestamp"))
 
 
 def _unschedulable_since(pods: Sequence[Obj]) -> list[datetime]:

@@ -41,8 +41,9 @@ RULES: tuple[PolicyRule, ...] = (
     PolicyRule(
         api_groups=("",), resources=("configmaps", "services"), verbs=("get", "list", "watch", "create", "patch")
     ),
-    # Milestone and failure Events on FineTuneJobs (the operator's and kopf's own).
-    PolicyRule(api_groups=("",), resources=("events",), verbs=("create", "patch")),
+    # Milestone and failure Events on FineTuneJobs (the operator's and kopf's own); the Job controller's
+    # FailedCreate events are listed (field-selected by the Job's uid) when a Job has no pods: quota, PSA.
+    PolicyRule(api_groups=("",), resources=("events",), verbs=("list", "create", "patch")),
     # kopf resolves namespace patterns in KUBETUNE_NAMESPACES (e.g. team-*) by watching namespaces.
     PolicyRule(api_groups=("",), resources=("namespaces",), verbs=("get", "list", "watch")),
     # kopf notices CRDs installed after it started (read-only).

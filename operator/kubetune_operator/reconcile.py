@@ -21,7 +21,7 @@ from kubetune_operator import k8s
 from kubetune_operator.builders.event import EventSpec
 from kubetune_operator.builders.names import TRAINER_CONTAINER, child_names
 from kubetune_operator.cache import ApiReader, Obj, Reader
-from kubetune_operator.errors import ApiError, ChildConflictError, Conflict
+from kubetune_operator.errors import ApiError, BadRequest, ChildProblem, ChildRejectedError, Conflict, Invalid
 from kubetune_operator.plan import (
     DeleteFineTuneJob,
     DeleteJob,
@@ -30,6 +30,7 @@ from kubetune_operator.plan import (
     Plan,
     SetJobSuspend,
     plan,
+    pods_overdue,
     rank0_pod,
 )
 from kubetune_operator.progress import events_from_log
@@ -72,7 +73,7 @@ def reconcile(
     clock: Callable[[], datetime] = now_utc,
 ) -> Result | None:
     """Observe, plan, act until the status write wins; ``None`` when the FineTuneJob no longer exists."""
-    child_conflict: str | None = None
+    child_problem: str | None = None
     for attempt in range(1, MAX_ATTEMPTS + 1):
         # After a lost race the cache may not hold the winner's write yet: read the API server instead.
         source = reader if attempt == 1 else ApiReader(kube)
@@ -81,13 +82,13 @@ def reconcile(
         )
         if observed is None:
             return None
-        if child_conflict is not None:
-            observed = dataclasses.replace(observed, child_conflict=child_conflict)
+        if child_problem is not None:
+            observed = dataclasses.replace(observed, child_problem=child_problem)
         planned = plan(observed, settings=settings)
         try:
             act(kube, ftj=observed.ftj, planned=planned, now=observed.now, logger=logger)
-        except ChildConflictError as err:
-            child_conflict = str(err)
+        except ChildProblem as err:
+            child_problem = err.problem
         except Conflict as err:
             logger.debug("lost a write race on attempt %d (%s); re-reading", attempt, err)
         else:
@@ -120,6 +121,9 @@ def observe(
             if ((p["metadata"].get("labels") or {}).get(CONTROLLER_UID_LABEL)) == uid
         ]
     finished = parse_status(ftj.get("status")).phase in TERMINAL_PHASES
+    failures: list[str] = []
+    if job is not None and not finished and pods_overdue(job, pods=pods, now=now):
+        failures = k8s.pod_creation_failures(kube, namespace=namespace, job_uid=job["metadata"]["uid"])
     return Observed(
         ftj=ftj,
         config_map=children.get(("ConfigMap", names.config_map)),
@@ -128,6 +132,7 @@ def observe(
         pods=pods,
         now=now,
         trainer_events=() if finished else _trainer_events(kube, pods=pods, settings=settings, logger=logger),
+        pod_creation_failures=failures,
     )
 
 
@@ -159,7 +164,11 @@ def act(kube: k8s.Kube, *, ftj: Obj, planned: Plan, now: datetime, logger: Logge
     for action in planned.actions:
         match action:
             case EnsureChild(manifest=manifest, created_event=event):
-                _, created = k8s.ensure_child(kube, manifest=manifest)
+                try:
+                    _, created = k8s.ensure_child(kube, manifest=manifest)
+                except (BadRequest, Invalid) as err:
+                    kind, name = manifest["kind"], manifest["metadata"]["name"]
+                    raise ChildRejectedError(f"the API server refused {kind} {name}: {err.message}") from err
                 if created and event is not None:
                     _post_events(kube, ftj=ftj, events=[event], now=now, logger=logger)
             case DeleteJob(name=job, uid=uid, why=why):

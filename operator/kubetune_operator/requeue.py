@@ -21,6 +21,30 @@ Key = tuple[str, str]
 log = logging.getLogger(__name__)
 
 
+# Seconds before the n-th retry of a failed reconcile (then the last one, every time): quick for a blip,
+# about a minute for an API server that stays down.
+RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0)
+
+
+class Backoff:
+    """Failures in a row per key; ``failed`` says how long to wait before the next try."""
+
+    def __init__(self, delays: tuple[float, ...] = RETRY_DELAYS) -> None:
+        self._delays = delays
+        self._failures: dict[Key, int] = {}
+        self._lock = threading.Lock()
+
+    def failed(self, key: Key) -> float:
+        with self._lock:
+            count = self._failures.get(key, 0)
+            self._failures[key] = count + 1
+        return self._delays[min(count, len(self._delays) - 1)]
+
+    def succeeded(self, key: Key) -> None:
+        with self._lock:
+            self._failures.pop(key, None)
+
+
 class Requeue:
     def __init__(
         self, *, callback: Callable[[Key], None], workers: int, clock: Callable[[], float] = time.monotonic

@@ -36,6 +36,10 @@ from kubetune_operator.progress import fold_events
 TERMINAL_PHASES: tuple[Phase, ...] = ("Succeeded", "Failed")
 INVALID_SPEC = "InvalidSpec"
 UNSCHEDULABLE = "Unschedulable"
+# Pending because the Job controller's pod creation is refused; the Job keeps retrying with backoff, so the
+# job starts once the quota is raised or other jobs finish.
+QUOTA_EXCEEDED = "QuotaExceeded"
+POD_CREATION_FAILED = "PodCreationFailed"
 # The Job controller's message for a FailJob rule, e.g.
 # "Container trainer for pod ns/name-train-0-abcde failed with exit code 65 matching FailJob rule at index 0".
 _FAIL_JOB_MESSAGE = re.compile(
@@ -81,6 +85,9 @@ class Observation:
     pending_timeout: timedelta
     # Progress events from the log of rank 0, oldest first (empty when the log could not be read).
     trainer_events: Sequence[ProgressEvent] = ()
+    # Messages of the Job controller's FailedCreate events for the Job, oldest first: why it has no pods
+    # (a ResourceQuota, a LimitRange, an admission webhook, Pod Security admission).
+    pod_creation_failures: Sequence[str] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -217,6 +224,10 @@ def _active_outcome(obs: Observation) -> _Outcome:
         )
     if scheduler_message:
         return _Outcome(phase="Pending", reason=UNSCHEDULABLE, message=scheduler_message)
+    if not live and obs.pod_creation_failures:
+        message = obs.pod_creation_failures[-1]
+        reason = QUOTA_EXCEEDED if "exceeded quota" in message else POD_CREATION_FAILED
+        return _Outcome(phase="Pending", reason=reason, message=f"the Job cannot create its pods: {message}")
     return _Outcome(
         phase="Pending", reason="PodsStarting", message=f"{len(running)}/{obs.nodes} pods running{retry_note}"
     )

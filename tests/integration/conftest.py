@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -92,9 +92,10 @@ def _free_port() -> int:
 class OperatorProcess:
     """``python -m kubetune_operator`` in a subprocess; its log is kept for failure reports."""
 
-    def __init__(self, *, kubeconfig: Path, log_path: Path) -> None:
+    def __init__(self, *, kubeconfig: Path, log_path: Path, extra_env: Mapping[str, str] | None = None) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
+        self.extra_env = dict(extra_env or {})
         self.metrics_port = _free_port()
         self.health_port = _free_port()
         self._process: subprocess.Popen[bytes] | None = None
@@ -105,7 +106,6 @@ class OperatorProcess:
             KUBECONFIG=str(self.kubeconfig),
             KUBETUNE_TRAINER_IMAGE="kubetune/trainer:test",
             KUBETUNE_PENDING_TIMEOUT_SECONDS=str(PENDING_TIMEOUT_SECONDS),
-            KUBETUNE_RESYNC_INTERVAL_SECONDS="2",
             KUBETUNE_TERMINATION_GRACE_PERIOD_SECONDS="30",
             KUBETUNE_METRICS_PORT=str(self.metrics_port),
             KUBETUNE_HEALTH_PORT=str(self.health_port),
@@ -116,6 +116,7 @@ class OperatorProcess:
             # belongs to the operator installed in the cluster, which must be the only one acting there.
             KUBETUNE_NAMESPACES="t-*",
         )
+        env.update(self.extra_env)
         return env
 
     def start(self) -> None:

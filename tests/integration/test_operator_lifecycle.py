@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from kube_objects import wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -30,12 +31,14 @@ def test_a_job_goes_pending_running_succeeded_with_events_and_owned_children(
     assert condition(done, "Failed")["status"] == "False" and "failure" not in status(done)
     assert status(done)["completionTime"] >= status(done)["startTime"]
     assert condition(done, "Succeeded")["observedGeneration"] == created["metadata"]["generation"]
-    reasons = ftjs.event_reasons("happy")
-    assert [r for r in reasons if r in ("JobCreated", "TrainingStarted", "Succeeded")] == [
-        "JobCreated",
-        "TrainingStarted",
-        "Succeeded",
-    ]
+    # Events are posted after the status write that they announce.
+    milestones = ["JobCreated", "TrainingStarted", "Succeeded"]
+    wait_for(
+        lambda: [r for r in ftjs.event_reasons("happy") if r in milestones],
+        lambda reasons: reasons == milestones,
+        what="the JobCreated, TrainingStarted and Succeeded events, each once",
+        timeout=30,
+    )
     uid = created["metadata"]["uid"]
     for plural, expected in (("configmaps", "happy-config"), ("services", "happy-workers"), ("jobs", "happy-train")):
         (child,) = ftjs.children(plural, "happy")

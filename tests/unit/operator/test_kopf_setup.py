@@ -76,3 +76,10 @@ def test_the_operators_identity_needs_no_password_database_entry(monkeypatch: py
         getpass.getuser()  # what kopf's default identity calls: the crash in a pod with a numeric UID
     identity = operator_identity()
     assert identity.startswith("kubetune@") and identity.endswith(f"/{os.getpid()}")
+
+
+def test_replicas_get_distinct_peering_priorities_and_the_older_one_wins() -> None:
+    from kubetune_operator.__main__ import peering_priority
+
+    older, newer = peering_priority(started_at=1_780_000_000.123), peering_priority(started_at=1_780_000_000.124)
+    assert older > newer  # kopf lets the highest priority act and pauses all on a tie

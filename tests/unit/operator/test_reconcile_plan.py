@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -11,6 +12,7 @@ import pytest
 from kubetune_operator.builders import build_children
 from kubetune_operator.builders.names import KUEUE_QUEUE_LABEL
 from kubetune_operator.plan import (
+    POD_CREATION_RECHECK_SECONDS,
     WAIT_FOR_GARBAGE_COLLECTION_SECONDS,
     DeleteFineTuneJob,
     DeleteJob,
@@ -19,6 +21,7 @@ from kubetune_operator.plan import (
     Plan,
     SetJobSuspend,
     plan,
+    pods_overdue,
 )
 from kubetune_operator.settings import OperatorSettings
 from kubetune_operator.status import parse_status
@@ -99,10 +102,10 @@ def observed(
     job: dict[str, Any] | None = None,
     pods: Sequence[dict[str, Any]] = (),
     now: datetime = T0,
-    child_conflict: str | None = None,
+    child_problem: str | None = None,
 ) -> Observed:
     return Observed(
-        ftj=obj, config_map=config_map, service=service, job=job, pods=pods, now=now, child_conflict=child_conflict
+        ftj=obj, config_map=config_map, service=service, job=job, pods=pods, now=now, child_problem=child_problem
     )
 
 
@@ -156,8 +159,8 @@ def test_an_invalid_spec_creates_nothing_and_fails_naming_the_field() -> None:
 
 def test_a_name_taken_by_a_foreign_object_is_reported_and_nothing_is_created() -> None:
     obj = ftj()
-    message = "Service team-a/demo-workers already exists and is not owned by this FineTuneJob"
-    result = plan(observed(obj, child_conflict=message), settings=SETTINGS)
+    message = "metadata.name: Service team-a/demo-workers already exists and is not owned by this FineTuneJob"
+    result = plan(observed(obj, child_problem=message), settings=SETTINGS)
     assert result.actions == () and result.phase == "Failed"
     assert result.status_patch is not None and "metadata.name" in result.status_patch["failure"]["message"]
 
@@ -346,3 +349,34 @@ def test_a_spec_change_moves_observed_generation_without_touching_unchanged_cond
     for type_, cond in after.items():
         assert cond["observedGeneration"] == 2
         assert cond["lastTransitionTime"] == before[type_]["lastTransitionTime"]
+
+
+QUOTA_MESSAGE = (
+    'pods "demo-train-0-x7k2p" is forbidden: exceeded quota: gpus, requested: requests.nvidia.com/gpu=1, '
+    "used: requests.nvidia.com/gpu=0, limited: requests.nvidia.com/gpu=0"
+)
+
+
+def test_a_job_whose_pods_a_quota_refuses_is_pending_with_the_quota_named_and_checked_again() -> None:
+    obj = ftj()
+    config_map, service, job = children_of(obj)
+    job = {**job, "metadata": {**job["metadata"], "creationTimestamp": stamp(T0)}}
+    later = T0 + timedelta(seconds=30)
+    assert pods_overdue(job, pods=[], now=later) and not pods_overdue(job, pods=[], now=T0 + timedelta(seconds=1))
+    assert not pods_overdue(job, pods=[pod("Pending")], now=later)
+    refused = Observed(
+        ftj=obj,
+        config_map=config_map,
+        service=service,
+        job=job,
+        pods=(),
+        now=later,
+        pod_creation_failures=("older failure", QUOTA_MESSAGE),
+    )
+    result = plan(refused, settings=SETTINGS)
+    assert result.phase == "Pending" and result.actions == ()
+    running = conditions(result)["Running"]
+    assert running["reason"] == "QuotaExceeded" and "requests.nvidia.com/gpu" in running["message"]
+    assert result.requeue_after == POD_CREATION_RECHECK_SECONDS
+    webhook = plan(dataclasses.replace(refused, pod_creation_failures=("admission webhook denied",)), settings=SETTINGS)
+    assert conditions(webhook)["Running"]["reason"] == "PodCreationFailed"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from kubetune_operator.requeue import Key, Requeue
+from kubetune_operator.requeue import Backoff, Key, Requeue
 
 
 class Calls:
@@ -85,3 +85,13 @@ def test_many_keys_cost_one_thread_not_one_timer_each() -> None:
         assert calls.seen == []
     finally:
         requeue.stop()
+
+
+def test_failures_in_a_row_back_off_up_to_a_minute_and_a_success_starts_over() -> None:
+    backoff = Backoff()
+    key = ("ns", "flaky")
+    delays = [backoff.failed(key) for _ in range(9)]
+    assert delays == [1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 60.0, 60.0]
+    assert backoff.failed(("ns", "other")) == 1.0  # per key
+    backoff.succeeded(key)
+    assert backoff.failed(key) == 1.0

@@ -1,0 +1,78 @@
+"""Error classes: 429 and 5xx from the API server are retried with backoff; an invalid spec is a permanent,
+reported failure that is never retried. The operator talks to the API server through a fault proxy."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import OperatorProcess
+from fault_proxy import FaultProxy
+from kube_objects import FineTuneJobs, condition_of, minimal_spec
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture
+def proxied(
+    operator: OperatorProcess, operator_kubeconfig: Path, tmp_path: Path
+) -> Iterator[tuple[OperatorProcess, FaultProxy]]:
+    """An operator whose every request goes through a fault proxy (the session's operator is stopped)."""
+    proxy = FaultProxy.for_kubeconfig(operator_kubeconfig).start()
+    kubeconfig = proxy.kubeconfig(base=operator_kubeconfig, path=tmp_path / "proxied.kubeconfig")
+    operator.stop()
+    proxied_operator = OperatorProcess(kubeconfig=kubeconfig, log_path=tmp_path / "proxied-operator.log")
+    try:
+        proxied_operator.start()
+        yield proxied_operator, proxy
+    finally:
+        proxied_operator.stop()
+        proxy.stop()
+        operator.start()
+
+
+def counter(metrics: str, name: str) -> float:
+    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", metrics, flags=re.M))
+
+
+def test_busy_and_failing_api_answers_are_retried_with_backoff_until_the_status_is_written(
+    proxied: tuple[OperatorProcess, FaultProxy], ftjs: FineTuneJobs
+) -> None:
+    operator, proxy = proxied
+    status_path = r"/finetunejobs/flaky/status$"
+    proxy.fail("PATCH", status_path, [503, 429, 500, 502])
+    # Suspended: no pods, so no pod events trigger extra reconciles; retries are the backoff's alone.
+    ftjs.create("flaky", spec=minimal_spec() | {"runPolicy": {"suspend": True}})
+    done = ftjs.wait_phase("flaky", "Suspended", timeout=90)
+    assert condition_of(done, "Suspended")["status"] == "True"
+    attempts = proxy.requests("PATCH", status_path)
+    assert [a.status for a in attempts[:5]] == [503, 429, 500, 502, 200]
+    gaps = [later.at - earlier.at for earlier, later in itertools.pairwise(attempts[:5])]
+    # The backoff waits 1, 2, 5, 10 s after failures in a row; another trigger may retry sooner once (the
+    # Job's creation event), never in a hot loop.
+    assert sum(gaps) >= 1 + 2 + 5 - 1, gaps
+    assert len(attempts) <= 6
+    assert counter(operator.metrics(), "kubetune_operator_reconcile_errors_total") >= 4
+
+
+def test_an_invalid_spec_fails_once_and_is_never_retried(
+    proxied: tuple[OperatorProcess, FaultProxy], ftjs: FineTuneJobs
+) -> None:
+    operator, proxy = proxied
+    # Valid for the API server's schema, refused by the operator: a Service name must start with a letter.
+    ftjs.create("9lives")
+    failed = ftjs.wait_phase("9lives", "Failed", timeout=60)
+    assert condition_of(failed, "Validated")["reason"] == "InvalidSpec"
+    assert "metadata.name" in condition_of(failed, "Validated")["message"]
+    time.sleep(2)  # the Event posted after the status write
+    about_it = [s for s in proxy.seen if "9lives" in s.path]
+    reconciles = counter(operator.metrics(), "kubetune_operator_reconciles_total")
+    time.sleep(20)
+    assert [s for s in proxy.seen if "9lives" in s.path] == about_it, "requests about a permanently failed job"
+    assert counter(operator.metrics(), "kubetune_operator_reconciles_total") == reconciles
+    assert counter(operator.metrics(), "kubetune_operator_reconcile_errors_total") == 0
+    assert not [s for s in about_it if s.method == "POST" and "/jobs" in s.path], "a Job for an invalid spec"
