@@ -138,9 +138,14 @@ def test_requests_and_checkpointing_change_while_running_and_reach_the_pods_afte
 def test_a_changed_immutable_field_is_refused_by_apply_and_replace(ftjs: FineTuneJobs, kubectl: Kubectl) -> None:
     assert set(IMMUTABLE_CHANGES) == set(IMMUTABLE_SPEC_FIELDS)
     kubectl.apply(manifest("fixed"))
+    ftjs.wait_phase("fixed", "Running")
     for field, change in IMMUTABLE_CHANGES.items():
         for verb in ("apply", "replace"):
             result = kubectl.run(verb, manifest("fixed", **change))
+            for _ in range(5):  # replace sends the resourceVersion it read: the operator may write in between
+                if "(Conflict)" not in result.stderr:
+                    break
+                result = kubectl.run(verb, manifest("fixed", **change))
             assert result.returncode != 0, f"{verb} changed spec.{field}"
             assert f"spec.{field} is immutable; create a new FineTuneJob" in result.stderr
     assert (ftjs.get("fixed") or {})["metadata"]["generation"] == 1
