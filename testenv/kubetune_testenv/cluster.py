@@ -67,6 +67,9 @@ class Settings:
     default_run_for_ms: int = stages.DEFAULT_RUN_FOR_MS
     # Keep the work dir (logs, etcd data) after stop, for debugging.
     keep_workdir: bool = False
+    # More kube-apiserver flags, after ours (the last of a repeated flag wins); the operator benchmark
+    # turns on an audit log with them.
+    apiserver_args: tuple[str, ...] = ()
 
 
 class Cluster:
@@ -275,10 +278,15 @@ class ControlPlane(Cluster):
                 f"--kubelet-client-certificate={pki.kubelet_client_cert}",
                 f"--kubelet-client-key={pki.kubelet_client_key}",
                 "--profiling=false",
+                *self.settings.apiserver_args,
             ],
         )
-        context = ssl.create_default_context(cafile=str(pki.ca_cert))
-        context.load_cert_chain(str(pki.admin_cert), str(pki.admin_key))
+        self._wait_for_apiserver(apiserver)
+
+    def _wait_for_apiserver(self, apiserver: processes.ManagedProcess) -> None:
+        assert self.pki is not None
+        context = ssl.create_default_context(cafile=str(self.pki.ca_cert))
+        context.load_cert_chain(str(self.pki.admin_cert), str(self.pki.admin_key))
 
         def ready() -> bool:
             with urllib.request.urlopen(f"{self.server}/readyz", timeout=5, context=context) as response:
@@ -390,6 +398,35 @@ class ControlPlane(Cluster):
 
     def log_path(self, component: str) -> Path:
         return self.workdir / "logs" / f"{component}.log"
+
+    def restart_apiserver(self, *, compact: bool = True) -> None:
+        """Stop kube-apiserver (SIGTERM) and start it again on the same port: every client's watch breaks.
+
+        With ``compact``, etcd's history is compacted meanwhile, so a watch resumed from any resourceVersion
+        seen before the restart gets 410 Gone and must list again (what a long outage does in production).
+        """
+        (old,) = [p for p in self._processes if p.name == "kube-apiserver"]
+        old.stop()
+        self._processes.remove(old)
+        if compact:
+            (etcd_url,) = [a.split("=", 1)[1] for a in old.argv if a.startswith("--etcd-servers=")]
+            self._compact_etcd(etcd_url)
+        self._wait_for_apiserver(self._spawn("kube-apiserver", old.argv))
+
+    @staticmethod
+    def _compact_etcd(etcd_url: str) -> None:
+        """Compact etcd to its current revision through its JSON gateway (no etcdctl needed)."""
+
+        def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
+            request = urllib.request.Request(
+                f"{etcd_url}{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                answer: dict[str, Any] = json.load(response)
+                return answer
+
+        revision = int(post("/v3/kv/range", {"key": "AA=="})["header"]["revision"])  # any key: the header
+        post("/v3/kv/compaction", {"revision": revision, "physical": True})
 
     def dead_components(self) -> list[str]:
         """Names of components whose process has exited (empty while the control plane is healthy)."""
