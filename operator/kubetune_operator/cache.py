@@ -7,11 +7,12 @@ race, and the tests). Cached objects are slimmed to what the plan reads, so memo
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from kubetune_operator import k8s
-from kubetune_operator.builders.names import FINETUNEJOB_LABEL
+from kubetune_operator.builders.names import FINETUNEJOB_LABEL, child_names
 
 Obj = Mapping[str, Any]
 # The metadata fields the plan and the status computation read.
@@ -71,6 +72,56 @@ def _copy(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_copy(v) for v in value]
     return value
+
+
+def _revision(obj: Obj) -> int | None:
+    value = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+    return int(value) if value.isdigit() else None
+
+
+class Written:
+    """What this operator wrote last, per object, until its watch cache has caught up.
+
+    A watch delivers our own write a moment later; a reconcile that reads the cache in between would plan
+    on the old object (a status write that loses with 409, a create that meets AlreadyExists). ``newer``
+    picks the written copy while the cached one is older. resourceVersions are compared as integers: the
+    API server's are etcd revisions; were one not a number, the cache is trusted.
+    """
+
+    def __init__(self) -> None:
+        self._objects: dict[tuple[str, str, str], Obj] = {}
+        self._lock = threading.Lock()
+
+    def remember(self, obj: Obj) -> None:
+        meta = obj["metadata"]
+        with self._lock:
+            self._objects[(obj["kind"], meta["namespace"], meta["name"])] = obj
+
+    def drop(self, *, kind: str, namespace: str, name: str) -> None:
+        with self._lock:
+            self._objects.pop((kind, namespace, name), None)
+
+    def forget(self, *, namespace: str, ftj_name: str) -> None:
+        """Drop a FineTuneJob and its children (it was deleted)."""
+        names = child_names(name=ftj_name)
+        for kind, name in (
+            ("FineTuneJob", ftj_name),
+            ("ConfigMap", names.config_map),
+            ("Service", names.service),
+            ("Job", names.job),
+        ):
+            self.drop(kind=kind, namespace=namespace, name=name)
+
+    def newer(self, cached: Obj | None, *, kind: str, namespace: str, name: str) -> Obj | None:
+        with self._lock:
+            written = self._objects.get((kind, namespace, name))
+            if written is None:
+                return cached
+            seen, mine = (_revision(cached) if cached is not None else None), _revision(written)
+            if cached is not None and (seen is None or mine is None or seen >= mine):
+                del self._objects[(kind, namespace, name)]  # the cache caught up (or moved past us)
+                return cached
+            return written
 
 
 class ApiReader:

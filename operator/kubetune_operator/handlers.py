@@ -20,8 +20,8 @@ import kopf
 
 from kubetune.api.resource import GROUP, PLURAL, VERSION
 from kubetune_operator import k8s
-from kubetune_operator.builders.names import FINETUNEJOB_LABEL
-from kubetune_operator.cache import Obj, slim
+from kubetune_operator.builders.names import FINETUNEJOB_LABEL, child_names
+from kubetune_operator.cache import Obj, Written, slim
 from kubetune_operator.metrics import OperatorMetrics
 from kubetune_operator.reconcile import Logger, reconcile
 from kubetune_operator.requeue import Backoff, Requeue
@@ -89,6 +89,7 @@ class IndexReader:
 
     def __init__(self) -> None:
         self._indices: dict[str, Mapping[tuple[str, str], Any]] = {}
+        self.written = Written()
 
     def bind(self, kwargs: Mapping[str, Any]) -> None:
         if not self._indices:
@@ -100,14 +101,21 @@ class IndexReader:
 
     def finetunejob(self, *, namespace: str, name: str) -> Obj | None:
         found = self._get("finetunejob_cache", namespace=namespace, name=name)
-        return found[0] if found else None
+        return self.written.newer(found[0] if found else None, kind="FineTuneJob", namespace=namespace, name=name)
 
     def children(self, *, namespace: str, ftj_name: str) -> Sequence[Obj]:
-        return [
-            obj
+        cached = {
+            (obj["kind"], obj["metadata"]["name"]): obj
             for index in ("job_cache", "configmap_cache", "service_cache")
             for obj in self._get(index, namespace=namespace, name=ftj_name)
-        ]
+        }
+        names = child_names(name=ftj_name)
+        out = []
+        for kind, name in (("ConfigMap", names.config_map), ("Service", names.service), ("Job", names.job)):
+            child = self.written.newer(cached.pop((kind, name), None), kind=kind, namespace=namespace, name=name)
+            if child is not None:
+                out.append(child)
+        return out + list(cached.values())
 
     def pods(self, *, namespace: str, ftj_name: str) -> Sequence[Obj]:
         return self._get("pod_cache", namespace=namespace, name=ftj_name)
@@ -145,6 +153,11 @@ def register(
             requeue.schedule(key, after=delay)
             return
         backoff.succeeded(key)
+        if result is not None:
+            for obj in result.applied.written:
+                reader.written.remember(slim(obj, kind=obj["kind"]))
+            for kind, deleted_name in result.applied.deleted:
+                reader.written.drop(kind=kind, namespace=namespace, name=deleted_name)
         if result is None or result.deleted:
             requeue.cancel(key)
             if result is not None:
@@ -221,6 +234,7 @@ def register(
         # Children go with their owner (garbage collection); only our bookkeeping is left to drop.
         locks.drop((namespace or "", name))
         requeue.cancel((namespace or "", name))
+        reader.written.forget(namespace=namespace or "", ftj_name=name)
         metrics.forget(uid=uid)
 
     @kopf.on.event("batch", "v1", "jobs", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, registry=registry)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -49,9 +49,18 @@ CONTROLLER_UID_LABEL = "batch.kubernetes.io/controller-uid"
 
 
 @dataclass(frozen=True, kw_only=True)
+class Applied:
+    """What ``act`` changed: the objects as the API server returned them, and the (kind, name)s deleted."""
+
+    written: list[Obj] = field(default_factory=list)
+    deleted: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Result:
     uid: str
     plan: Plan
+    applied: Applied
 
     @property
     def deleted(self) -> bool:
@@ -86,13 +95,13 @@ def reconcile(
             observed = dataclasses.replace(observed, child_problem=child_problem)
         planned = plan(observed, settings=settings)
         try:
-            act(kube, ftj=observed.ftj, planned=planned, now=observed.now, logger=logger)
+            applied = act(kube, ftj=observed.ftj, planned=planned, now=observed.now, logger=logger)
         except ChildProblem as err:
             child_problem = err.problem
         except Conflict as err:
             logger.debug("lost a write race on attempt %d (%s); re-reading", attempt, err)
         else:
-            return Result(uid=observed.ftj["metadata"]["uid"], plan=planned)
+            return Result(uid=observed.ftj["metadata"]["uid"], plan=planned, applied=applied)
     raise Conflict(status=409, reason="Conflict", message=f"{namespace}/{name} kept changing under the operator")
 
 
@@ -157,38 +166,44 @@ def _trainer_events(
     return events_from_log(text)
 
 
-def act(kube: k8s.Kube, *, ftj: Obj, planned: Plan, now: datetime, logger: Logger) -> None:
+def act(kube: k8s.Kube, *, ftj: Obj, planned: Plan, now: datetime, logger: Logger) -> Applied:
     """Apply the plan's actions in order, then write the status; raises Conflict when the write lost a race."""
     meta = ftj["metadata"]
     namespace = meta["namespace"]
+    applied = Applied()
     for action in planned.actions:
         match action:
             case EnsureChild(manifest=manifest, created_event=event):
                 try:
-                    _, created = k8s.ensure_child(kube, manifest=manifest)
+                    child, created = k8s.ensure_child(kube, manifest=manifest)
                 except (BadRequest, Invalid) as err:
                     kind, name = manifest["kind"], manifest["metadata"]["name"]
                     raise ChildRejectedError(f"the API server refused {kind} {name}: {err.message}") from err
+                applied.written.append(child)
                 if created and event is not None:
                     _post_events(kube, ftj=ftj, events=[event], now=now, logger=logger)
             case DeleteJob(name=job, uid=uid, why=why):
                 logger.info("deleting Job %s: %s", job, why)
                 k8s.delete_job(kube, namespace=namespace, name=job, uid=uid)
+                applied.deleted.append(("Job", job))
             case SetJobSuspend(name=job, suspend=suspend, why=why):
                 logger.info("setting suspend=%s on Job %s: %s", suspend, job, why)
-                k8s.set_job_suspend(kube, namespace=namespace, name=job, suspend=suspend)
+                applied.written.append(k8s.set_job_suspend(kube, namespace=namespace, name=job, suspend=suspend))
             case DeleteFineTuneJob(uid=uid, why=why):
                 logger.info("deleting: %s", why)
                 k8s.delete_finetunejob(kube, namespace=namespace, name=meta["name"], uid=uid)
+                applied.deleted.append(("FineTuneJob", meta["name"]))
     if planned.status_patch is not None:
-        k8s.patch_finetunejob_status(
+        written = k8s.patch_finetunejob_status(
             kube,
             namespace=namespace,
             name=meta["name"],
             status=planned.status_patch,
             resource_version=meta["resourceVersion"],
         )
+        applied.written.append(written)
     _post_events(kube, ftj=ftj, events=planned.events, now=now, logger=logger)
+    return applied
 
 
 def _post_events(

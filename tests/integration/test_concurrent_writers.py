@@ -33,6 +33,7 @@ def test_edits_racing_the_operator_are_never_lost_and_the_status_never_flaps(
     phases: dict[str, list[str]] = {name: [] for name in names}
     validated_since: dict[str, set[str]] = {name: set() for name in names}
     edits = 0
+    suspended = False
     started = time.monotonic()
 
     def sample() -> list[dict[str, Any]]:
@@ -54,8 +55,10 @@ def test_edits_racing_the_operator_are_never_lost_and_the_status_never_flaps(
                     "annotations": {f"writer.example/{edits % 5}": str(edits)},
                 }
             }
-            if name == "race-0" and edits in (15, 45):
-                patch["spec"] = {"runPolicy": {"suspend": edits == 15}}
+            elapsed = time.monotonic() - started
+            if name == "race-0" and (3 <= elapsed < 10) != suspended:  # suspended from 3 s to 10 s
+                suspended = not suspended
+                patch["spec"] = {"runPolicy": {"suspend": suspended}}
             path = finetunejob_path(namespace=ftjs.namespace, name=name)
             ftjs.kube.request("PATCH", path, body=patch, content_type=MERGE_PATCH)  # no resourceVersion: last wins
         sample()

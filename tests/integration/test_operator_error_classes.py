@@ -50,12 +50,14 @@ def test_busy_and_failing_api_answers_are_retried_with_backoff_until_the_status_
     done = ftjs.wait_phase("flaky", "Suspended", timeout=90)
     assert condition_of(done, "Suspended")["status"] == "True"
     attempts = proxy.requests("PATCH", status_path)
-    assert [a.status for a in attempts[:5]] == [503, 429, 500, 502, 200]
+    assert [a.status for a in attempts[:4]] == [503, 429, 500, 502]
+    assert attempts[-1].status == 200
     gaps = [later.at - earlier.at for earlier, later in itertools.pairwise(attempts[:5])]
     # The backoff waits 1, 2, 5, 10 s after failures in a row; another trigger may retry sooner once (the
-    # Job's creation event), never in a hot loop.
+    # Job's creation event), never in a hot loop. A write may also lose a race (409) with kopf's own
+    # annotation patch and be re-planned at once.
     assert sum(gaps) >= 1 + 2 + 5 - 1, gaps
-    assert len(attempts) <= 6
+    assert len([a for a in attempts if a.status != 409]) <= 6
     assert counter(operator.metrics(), "kubetune_operator_reconcile_errors_total") >= 4
 
 
@@ -63,16 +65,18 @@ def test_an_invalid_spec_fails_once_and_is_never_retried(
     proxied: tuple[OperatorProcess, FaultProxy], ftjs: FineTuneJobs
 ) -> None:
     operator, proxy = proxied
-    # Valid for the API server's schema, refused by the operator: a Service name must start with a letter.
-    ftjs.create("9lives")
-    failed = ftjs.wait_phase("9lives", "Failed", timeout=60)
+    # Valid for the CRD's schema (affinity is free-form there), refused by the API server as a Job.
+    bad_affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": "gpu-only"}}
+    ftjs.create("odd-affinity", spec=minimal_spec() | {"resources": {"affinity": bad_affinity}})
+    failed = ftjs.wait_phase("odd-affinity", "Failed", timeout=60)
     assert condition_of(failed, "Validated")["reason"] == "InvalidSpec"
-    assert "metadata.name" in condition_of(failed, "Validated")["message"]
+    assert "affinity" in condition_of(failed, "Validated")["message"]
     time.sleep(2)  # the Event posted after the status write
-    about_it = [s for s in proxy.seen if "9lives" in s.path]
+    about_it = [s for s in proxy.seen if "odd-affinity" in s.path]
     reconciles = counter(operator.metrics(), "kubetune_operator_reconciles_total")
     time.sleep(20)
-    assert [s for s in proxy.seen if "9lives" in s.path] == about_it, "requests about a permanently failed job"
+    assert [s for s in proxy.seen if "odd-affinity" in s.path] == about_it, "requests about a failed job"
     assert counter(operator.metrics(), "kubetune_operator_reconciles_total") == reconciles
     assert counter(operator.metrics(), "kubetune_operator_reconcile_errors_total") == 0
-    assert not [s for s in about_it if s.method == "POST" and "/jobs" in s.path], "a Job for an invalid spec"
+    assert not [s for s in about_it if s.method == "POST" and "/jobs" in s.path and s.status < 300], "a Job was made"
+    assert ftjs.everything("pods") == []

@@ -99,6 +99,8 @@ def replicas(
     finally:
         first.stop()
         second.stop()
+        for process in (first, second):  # shown with a failure (captured output)
+            print(f"--- {process.log_path.name}\n{process.log_tail(40)}")
         operator.start()
 
 
