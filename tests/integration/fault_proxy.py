@@ -30,7 +30,16 @@ _DROPPED = {"connection", "keep-alive", "transfer-encoding", "content-length", "
 class Fault:
     method: str
     path: re.Pattern[str]
-    statuses: list[int]  # answered in turn, one per matching request; then requests pass
+    statuses: list[int]  # answered in turn, one per matching request
+    # Until this time (monotonic) the statuses are answered round and round; without it, each once.
+    until: float | None = None
+
+    def next_status(self, now: float) -> int | None:
+        if self.until is not None:
+            if now >= self.until:
+                return None
+            self.statuses.append(self.statuses[0])
+        return self.statuses.pop(0) if self.statuses else None
 
 
 @dataclass(frozen=True)
@@ -70,9 +79,13 @@ class FaultProxy:
         assert self.server is not None
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def fail(self, method: str, path_pattern: str, statuses: list[int]) -> None:
+    def fail(self, method: str, path_pattern: str, statuses: list[int], *, for_seconds: float | None = None) -> None:
+        """Answer matching requests with ``statuses`` in turn: each once, or round and round for a while."""
+        until = time.monotonic() + for_seconds if for_seconds is not None else None
         with self.lock:
-            self.faults.append(Fault(method=method, path=re.compile(path_pattern), statuses=list(statuses)))
+            self.faults.append(
+                Fault(method=method, path=re.compile(path_pattern), statuses=list(statuses), until=until)
+            )
 
     def requests(self, method: str, path_pattern: str) -> list[Seen]:
         pattern = re.compile(path_pattern)
@@ -150,10 +163,13 @@ class FaultProxy:
 
     def _injected(self, method: str, path: str) -> int | None:
         with self.lock:
+            now = time.monotonic()
             for fault in self.faults:
-                if fault.method == method and fault.path.search(path) and fault.statuses:
-                    status = fault.statuses.pop(0)
-                    self.seen.append(Seen(at=time.monotonic(), method=method, path=path, status=status))
+                if fault.method == method and fault.path.search(path):
+                    status = fault.next_status(now)
+                    if status is None:
+                        continue
+                    self.seen.append(Seen(at=now, method=method, path=path, status=status))
                     return status
         return None
 

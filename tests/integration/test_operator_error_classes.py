@@ -44,21 +44,21 @@ def test_busy_and_failing_api_answers_are_retried_with_backoff_until_the_status_
 ) -> None:
     operator, proxy = proxied
     status_path = r"/finetunejobs/flaky/status$"
-    proxy.fail("PATCH", status_path, [503, 429, 500, 502])
+    outage = 15.0
+    proxy.fail("PATCH", status_path, [503, 429, 500, 502], for_seconds=outage)
     # Suspended: no pods, so no pod events trigger extra reconciles; retries are the backoff's alone.
     ftjs.create("flaky", spec=minimal_spec() | {"runPolicy": {"suspend": True}})
-    done = ftjs.wait_phase("flaky", "Suspended", timeout=90)
+    done = ftjs.wait_phase("flaky", "Suspended", timeout=120)
     assert condition_of(done, "Suspended")["status"] == "True"
     attempts = proxy.requests("PATCH", status_path)
-    assert [a.status for a in attempts[:4]] == [503, 429, 500, 502]
+    refused = [a for a in attempts if a.status in (429, 500, 502, 503)]
+    # The creation and each child's creation trigger a reconcile at once (4 or 5 attempts within a moment);
+    # then the backoff waits 1, 2, 5, 10 s between failures: about 4 more in a 15 s outage, not hundreds.
+    assert 4 <= len(refused) <= 12, [(round(a.at - attempts[0].at, 2), a.status) for a in attempts]
+    later = [a.at for a in refused if a.at - refused[0].at > 0.5]
+    assert all(b - a >= 0.9 for a, b in itertools.pairwise(later)), "retries closer than the backoff allows"
     assert attempts[-1].status == 200
-    gaps = [later.at - earlier.at for earlier, later in itertools.pairwise(attempts[:5])]
-    # The backoff waits 1, 2, 5, 10 s after failures in a row; another trigger may retry sooner once (the
-    # Job's creation event), never in a hot loop. A write may also lose a race (409) with kopf's own
-    # annotation patch and be re-planned at once.
-    assert sum(gaps) >= 1 + 2 + 5 - 1, gaps
-    assert len([a for a in attempts if a.status != 409]) <= 6
-    assert counter(operator.metrics(), "kubetune_operator_reconcile_errors_total") >= 4
+    assert counter(operator.metrics(), "kubetune_operator_reconcile_errors_total") == len(refused)
 
 
 def test_an_invalid_spec_fails_once_and_is_never_retried(
