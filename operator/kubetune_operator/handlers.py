@@ -3,8 +3,11 @@
 kopf keeps an in-memory index (a watch cache) of the FineTuneJobs and of the labelled Jobs, ConfigMaps,
 Services and pods; a reconcile reads them instead of the API server, and kopf starts no handler before the
 indices hold the initial listing, so a restarted operator never mistakes an unlisted child for a missing
-one. Every trigger (create, resume, spec change, a child's or pod's change, a scheduled re-check) runs the
-same reconcile. Handlers are registered on an explicit registry by :func:`register`, with the settings and
+one. Every trigger (any event of a FineTuneJob, a child or a pod, a scheduled re-check) runs the same
+reconcile. Only watch-event handlers are used: kopf then writes nothing to the FineTuneJob (no progress
+or diff-base annotations, which held a copy of the spec and broke specs near the 256 KiB annotation
+limit; no finalizer), and the safety re-check is the scheduler's, not a kopf timer per object.
+Handlers are registered on an explicit registry by :func:`register`, with the settings and
 clients passed in, not read from module globals at import time.
 """
 
@@ -42,7 +45,8 @@ def configure_kopf(*, kopf_settings: kopf.OperatorSettings, settings: OperatorSe
     kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=KOPF_PREFIX, key="last-handled-configuration"
     )
-    # kopf's timer keeps a finalizer on each FineTuneJob so it can stop the timer before deletion.
+    # No handler needs a finalizer (children go by garbage collection), so kopf adds none and removes
+    # this one, which operators before the event-driven rewrite kept for their resync timer.
     kopf_settings.persistence.finalizer = FINALIZER
     # One replica needs no peering objects (nor RBAC for them); several coordinate through a named one.
     kopf_settings.peering.standalone = settings.peering_name is None
@@ -166,8 +170,9 @@ def register(
         metrics.observe_phase(uid=result.uid, phase=result.phase)
         if result.plan.status_patch is not None:
             metrics.status_writes.inc()
-        if result.plan.requeue_after is not None:
-            requeue.schedule(key, after=result.plan.requeue_after)
+        # A plan's own re-check, or else the safety re-check (cheap: it reads the caches).
+        after = result.plan.requeue_after
+        requeue.schedule(key, after=settings.resync_interval_seconds if after is None else after)
 
     def scheduled(key: tuple[str, str]) -> None:
         namespace, name = key
@@ -213,29 +218,21 @@ def register(
     def pod_cache(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace, labels[FINETUNEJOB_LABEL]): slim(body, kind="Pod")}
 
-    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
-    def created(namespace: str | None, name: str, logger: Logger, **kwargs: Any) -> None:
-        handle(namespace=namespace, name=name, trigger="create", logger=logger, kwargs=kwargs)
-
-    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
-    def resumed(namespace: str | None, name: str, logger: Logger, **kwargs: Any) -> None:
-        handle(namespace=namespace, name=name, trigger="resume", logger=logger, kwargs=kwargs)
-
-    @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", registry=registry)
-    def spec_changed(namespace: str | None, name: str, logger: Logger, **kwargs: Any) -> None:
-        handle(namespace=namespace, name=name, trigger="update", logger=logger, kwargs=kwargs)
-
-    @kopf.timer(GROUP, VERSION, PLURAL, interval=settings.resync_interval_seconds, registry=registry)
-    def resync(namespace: str | None, name: str, logger: Logger, **kwargs: Any) -> None:
-        handle(namespace=namespace, name=name, trigger="timer", logger=logger, kwargs=kwargs)
-
-    @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True, registry=registry)
-    def deleted(namespace: str | None, name: str, uid: str, **_: Any) -> None:
-        # Children go with their owner (garbage collection); only our bookkeeping is left to drop.
-        locks.drop((namespace or "", name))
-        requeue.cancel((namespace or "", name))
-        reader.written.forget(namespace=namespace or "", ftj_name=name)
-        metrics.forget(uid=uid)
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    def finetunejob_changed(
+        namespace: str | None, name: str, type: str | None, uid: str, logger: Logger, **kwargs: Any
+    ) -> None:
+        # Created (ADDED), changed (MODIFIED: spec, metadata, or our own status write, which re-plans to
+        # nothing), listed at start-up (None), or deleted: its children go by garbage collection.
+        if type == "DELETED":
+            key = (namespace or "", name)
+            locks.drop(key)
+            requeue.cancel(key)
+            reader.written.forget(namespace=key[0], ftj_name=name)
+            metrics.forget(uid=uid)
+            return
+        trigger = {"ADDED": "create", "MODIFIED": "update", None: "resume"}.get(type, "update")
+        handle(namespace=namespace, name=name, trigger=trigger, logger=logger, kwargs=kwargs)
 
     @kopf.on.event("batch", "v1", "jobs", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, registry=registry)
     def job_changed(namespace: str | None, labels: Mapping[str, str], logger: Logger, **kwargs: Any) -> None:

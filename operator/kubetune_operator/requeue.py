@@ -21,6 +21,9 @@ Key = tuple[str, str]
 log = logging.getLogger(__name__)
 
 
+# The longest single wait (a day): a far-off TTL is re-planned daily, and waits stay below what a
+# threading wait accepts (a 10**10 s wait raised OverflowError and stopped the scheduler).
+MAX_DELAY_SECONDS = 86_400.0
 # Seconds before the n-th retry of a failed reconcile (then the last one, every time): quick for a blip,
 # about a minute for an API server that stays down.
 RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0)
@@ -62,7 +65,7 @@ class Requeue:
 
     def schedule(self, key: Key, *, after: float) -> None:
         """Reconcile ``key`` in ``after`` seconds, replacing its previous wake-up."""
-        at = self._clock() + max(after, 0.0)
+        at = self._clock() + min(max(after, 0.0), MAX_DELAY_SECONDS)
         with self._cond:
             self._due[key] = at
             self._counter += 1

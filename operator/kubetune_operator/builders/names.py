@@ -67,7 +67,11 @@ def child_metadata(*, ftj: FineTuneJob, name: str) -> dict[str, Any]:
 
 def name_problems(*, name: str) -> list[str]:
     """What the CRD cannot check about a name the children's names derive from."""
-    # A Service name is a DNS-1035 label: it must start with a letter, where a FineTuneJob's name may not.
+    # A Service name is a DNS-1035 label: it must start with a letter and holds no dots, where a
+    # FineTuneJob's name (a DNS subdomain) may do both.
+    problems = []
     if name and not name[0].isalpha():
-        return ["metadata.name: must start with a letter (the rendezvous Service name derives from it)"]
-    return []
+        problems.append("metadata.name: must start with a letter (the rendezvous Service name derives from it)")
+    if "." in name:
+        problems.append("metadata.name: must not contain dots (the rendezvous Service name derives from it)")
+    return problems

@@ -463,7 +463,11 @@ class RunPolicy(ApiModel):
         default=None, ge=1, description="Fail the job (DeadlineExceeded) if it runs longer than this."
     )
     ttl_seconds_after_finished: int | None = Field(
-        default=None, ge=0, description="Delete the FineTuneJob this long after it succeeds or fails."
+        default=None,
+        ge=0,
+        # Ten years: a bound keeps the deletion time a representable date (a 2**63 s TTL overflowed it).
+        le=315_360_000,
+        description="Delete the FineTuneJob this long after it succeeds or fails (at most ten years).",
     )
     suspend: bool = Field(default=False, description="Suspend: running pods checkpoint and stop; set false to resume.")
     queue_name: str | None = Field(

@@ -69,3 +69,8 @@ def test_longest_allowed_name_keeps_pod_hostnames_within_a_dns_label() -> None:
 def test_a_name_starting_with_a_digit_is_reported_because_service_names_must_start_with_a_letter() -> None:
     assert name_problems(name="7b-run") and "metadata.name" in name_problems(name="7b-run")[0]
     assert name_problems(name="run-7b") == []
+
+
+def test_a_name_with_dots_is_reported_because_service_names_hold_none() -> None:
+    (problem,) = name_problems(name="llama.v2")
+    assert problem.startswith("metadata.name:") and "dots" in problem

@@ -95,3 +95,15 @@ def test_failures_in_a_row_back_off_up_to_a_minute_and_a_success_starts_over() -
     assert backoff.failed(("ns", "other")) == 1.0  # per key
     backoff.succeeded(key)
     assert backoff.failed(key) == 1.0
+
+
+def test_a_far_off_wake_up_is_capped_so_the_scheduler_keeps_running() -> None:
+    calls = Calls()
+    requeue = Requeue(callback=calls, workers=1)
+    try:
+        requeue.schedule(("ns", "ttl-of-centuries"), after=1e10)  # past threading.TIMEOUT_MAX
+        requeue.schedule(("ns", "soon"), after=0.05)
+        wait_for_calls(calls, 1)
+        assert [key for key, _ in calls.seen] == [("ns", "soon")]
+    finally:
+        requeue.stop()
