@@ -23,7 +23,7 @@ class PolicyRule:
 
 
 RULES: tuple[PolicyRule, ...] = (
-    # Watch FineTuneJobs; kopf patches its progress annotations; the TTL deletes finished ones.
+    # Watch FineTuneJobs; kopf patches away the finalizer earlier versions kept; the TTL deletes finished ones.
     PolicyRule(api_groups=(GROUP,), resources=(PLURAL,), verbs=("get", "list", "watch", "patch", "delete")),
     PolicyRule(api_groups=(GROUP,), resources=(f"{PLURAL}/status",), verbs=("get", "patch")),
     # Owner references with blockOwnerDeletion need update on the owner's finalizers subresource
