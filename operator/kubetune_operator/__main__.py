@@ -18,9 +18,14 @@ from kubetune_operator.metrics import OperatorMetrics
 from kubetune_operator.settings import OperatorSettings, SettingsError
 
 
-def api_client() -> client.ApiClient:
-    """In a pod: the ServiceAccount's credentials; elsewhere: $KUBECONFIG or ~/.kube/config."""
+def api_client(*, connections: int) -> client.ApiClient:
+    """In a pod: the ServiceAccount's credentials; elsewhere: $KUBECONFIG or ~/.kube/config.
+
+    ``connections`` is the pool size: one per thread that may call at once (handlers and re-checks), so
+    no connection is opened and thrown away per request under load.
+    """
     configuration = client.Configuration()
+    configuration.connection_pool_maxsize = connections
     try:
         config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     except config.ConfigException:
@@ -56,7 +61,7 @@ def main() -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     metrics = OperatorMetrics()
     try:
-        kube = k8s.Kube(api_client=api_client(), on_response=metrics.api_response)
+        kube = k8s.Kube(api_client=api_client(connections=2 * settings.max_workers), on_response=metrics.api_response)
     except config.ConfigException as err:
         print(f"kubetune-operator: no cluster credentials: {err}", file=sys.stderr)
         return 2
