@@ -21,7 +21,15 @@ from kubetune_operator import k8s
 from kubetune_operator.builders.event import EventSpec
 from kubetune_operator.builders.names import TRAINER_CONTAINER, child_names
 from kubetune_operator.cache import ApiReader, Obj, Reader
-from kubetune_operator.errors import ApiError, BadRequest, ChildProblem, ChildRejectedError, Conflict, Invalid
+from kubetune_operator.errors import (
+    ApiError,
+    BadRequest,
+    ChildProblem,
+    ChildRejectedError,
+    Conflict,
+    Invalid,
+    NotFound,
+)
 from kubetune_operator.plan import (
     DeleteFineTuneJob,
     DeleteJob,
@@ -98,8 +106,10 @@ def reconcile(
             applied = act(kube, ftj=observed.ftj, planned=planned, now=observed.now, logger=logger)
         except ChildProblem as err:
             child_problem = err.problem
-        except Conflict as err:
-            logger.debug("lost a write race on attempt %d (%s); re-reading", attempt, err)
+        except (Conflict, NotFound) as err:
+            # A write race lost, or something deleted meanwhile (often the FineTuneJob itself): observe
+            # again from the API server; a FineTuneJob that is gone ends the reconcile.
+            logger.debug("the cluster changed under attempt %d (%s); re-reading", attempt, err)
         else:
             return Result(uid=observed.ftj["metadata"]["uid"], plan=planned, applied=applied)
     raise Conflict(status=409, reason="Conflict", message=f"{namespace}/{name} kept changing under the operator")
