@@ -238,15 +238,17 @@ def successful_writes(requests: Counter[str]) -> int:
     )
 
 
-def counter_total(text: str, family_name: str, *, unless: tuple[str, str] | None = None) -> float | None:
-    """The sum of a Prometheus counter's samples (but those with label ``unless``); None if it is not there."""
+def counter_total(text: str, family_name: str, *, unless: tuple[str, tuple[str, ...]] | None = None) -> float | None:
+    """The sum of a Prometheus counter's samples (but those whose label ``unless[0]`` is one of ``unless[1]``);
+    None if it is not there."""
     for family in text_string_to_metric_families(text):
         if family.name == family_name:
             return float(
                 sum(
                     sample.value
                     for sample in family.samples
-                    if sample.name.endswith("_total") and (unless is None or sample.labels.get(unless[0]) != unless[1])
+                    if sample.name.endswith("_total")
+                    and (unless is None or sample.labels.get(unless[0]) not in unless[1])
                 )
             )
     return None
@@ -287,7 +289,11 @@ class Meter:
             proc=proc_sample(self.operator.pid),
             requests=Counter(self._requests),
             operator_requests=counter_total(metrics, "kubetune_operator_api_requests"),
-            triggered=counter_total(metrics, "kubetune_operator_reconciles", unless=("trigger", "timer")),
+            # Re-checks on a clock (the kopf timer of older operators, the scheduler's "scheduled" ones: progress
+            # reads of running jobs) are not activity: quiet means nothing but those.
+            triggered=counter_total(
+                metrics, "kubetune_operator_reconciles", unless=("trigger", ("timer", "scheduled"))
+            ),
             apiserver=apiserver,
         )
 
@@ -846,23 +852,26 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep each size's work dir (logs, audit log)")
     args = parser.parse_args()
     console = Console(stderr=True)
-    results = {n: run_size(n, args=args, console=console) for n in args.sizes}
-    print_report(results, Console())
-    if args.json:
-        document = {
-            "date": datetime.date.today().isoformat(),
-            "cpus": os.cpu_count(),
-            "idle_seconds": args.idle_seconds,
-            "finished_idle_seconds": args.finished_idle_seconds,
-            "operator_env": {
-                k: v
-                for k, v in operator_env(kubeconfig=Path("-"), metrics_port=0, health_port=0).items()
-                if k.startswith("KUBETUNE_") and not k.endswith("_PORT")
-            },
-            "results": results,
-        }
-        args.json.write_text(json.dumps(document, indent=2) + "\n")
+    results: dict[int, dict[str, Any]] = {}
+    for n in args.sizes:  # reported after each size: a long run that is stopped keeps what it measured
+        results[n] = run_size(n, args=args, console=console)
+        print_report(results, Console())
+        if args.json:
+            write_json(args, results)
     return 0
+
+
+def write_json(args: argparse.Namespace, results: dict[int, dict[str, Any]]) -> None:
+    env = operator_env(kubeconfig=Path("-"), metrics_port=0, health_port=0)
+    document = {
+        "date": datetime.date.today().isoformat(),
+        "cpus": os.cpu_count(),
+        "idle_seconds": args.idle_seconds,
+        "finished_idle_seconds": args.finished_idle_seconds,
+        "operator_env": {k: v for k, v in env.items() if k.startswith("KUBETUNE_") and not k.endswith("_PORT")},
+        "results": results,
+    }
+    args.json.write_text(json.dumps(document, indent=2) + "\n")
 
 
 if __name__ == "__main__":
