@@ -40,10 +40,11 @@ Obj = Mapping[str, Any]
 # A child still owned by a deleted FineTuneJob of the same name: the garbage collector removes it within
 # seconds, and its deletion is a watch event; the re-check is a fallback.
 WAIT_FOR_GARBAGE_COLLECTION_SECONDS = 5.0
-# The Job controller creates pods within a second or two; a Job without pods after this long is asked why.
-POD_CREATION_GRACE_SECONDS = 5.0
+# A Job without pods after this long is asked why. The Job controller needs seconds when idle but minutes
+# under a burst (1,000 Jobs at once: two minutes), and each ask is a request.
+POD_CREATION_GRACE_SECONDS = 30.0
 # How often a Job without pods is asked again (it retries with backoff, up to every few minutes).
-POD_CREATION_RECHECK_SECONDS = 15.0
+POD_CREATION_RECHECK_SECONDS = 30.0
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -34,7 +34,7 @@ def test_a_gpu_quota_that_refuses_the_pods_is_named_in_the_status_and_lifting_it
     def refused(obj: dict[str, Any] | None) -> bool:
         return obj is not None and condition_of(obj, "Running").get("reason") == "QuotaExceeded"
 
-    obj = wait_for(lambda: ftjs.get("over-quota"), refused, what="status reason QuotaExceeded", timeout=90)
+    obj = wait_for(lambda: ftjs.get("over-quota"), refused, what="status reason QuotaExceeded", timeout=120)
     assert status(obj)["phase"] == "Pending"
     message = condition_of(obj, "Running")["message"]
     assert "exceeded quota: gpus" in message and "requests.nvidia.com/gpu" in message

@@ -361,8 +361,8 @@ def test_a_job_whose_pods_a_quota_refuses_is_pending_with_the_quota_named_and_ch
     obj = ftj()
     config_map, service, job = children_of(obj)
     job = {**job, "metadata": {**job["metadata"], "creationTimestamp": stamp(T0)}}
-    later = T0 + timedelta(seconds=30)
-    assert pods_overdue(job, pods=[], now=later) and not pods_overdue(job, pods=[], now=T0 + timedelta(seconds=1))
+    later = T0 + timedelta(seconds=45)
+    assert pods_overdue(job, pods=[], now=later) and not pods_overdue(job, pods=[], now=T0 + timedelta(seconds=5))
     assert not pods_overdue(job, pods=[pod("Pending")], now=later)
     refused = Observed(
         ftj=obj,
