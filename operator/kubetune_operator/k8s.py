@@ -19,11 +19,12 @@ from kubernetes.client import ApiClient
 from kubetune.api.resource import API_VERSION, KIND, PLURAL
 from kubetune_operator.builders.event import EventSpec, build_event
 from kubetune_operator.builders.names import FINETUNEJOB_LABEL
-from kubetune_operator.errors import ChildConflictError, Conflict, NotFound, api_error
+from kubetune_operator.errors import ChildConflictError, Conflict, Invalid, NotFound, api_error
 
 Obj = dict[str, Any]
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 # Seconds per API call; the API server answers in milliseconds unless it is in trouble.
 REQUEST_TIMEOUT = 30.0
 
@@ -69,7 +70,7 @@ class Kube:
         path: str,
         *,
         query: Sequence[tuple[str, str]] = (),
-        body: Mapping[str, Any] | None = None,
+        body: Mapping[str, Any] | list[Any] | None = None,
         content_type: str = JSON,
     ) -> Obj:
         data = self._send(method, path, query=query, body=body, content_type=content_type, accept=JSON)
@@ -89,7 +90,7 @@ class Kube:
         path: str,
         *,
         query: Sequence[tuple[str, str]],
-        body: Mapping[str, Any] | None,
+        body: Mapping[str, Any] | list[Any] | None,
         content_type: str,
         accept: str,
     ) -> bytes:
@@ -101,7 +102,7 @@ class Kube:
             resource_path=path,
             query_params=list(query),
             header_params=headers,
-            body=dict(body) if body is not None else None,
+            body=dict(body) if isinstance(body, Mapping) else body,
             auth_settings=["BearerToken"],
         )
         try:
@@ -239,12 +240,33 @@ def set_job_suspend(kube: Kube, *, namespace: str, name: str, suspend: bool) -> 
 
 
 def patch_finetunejob_status(
-    kube: Kube, *, namespace: str, name: str, status: Mapping[str, Any], resource_version: str
+    kube: Kube,
+    *,
+    namespace: str,
+    name: str,
+    status: Mapping[str, Any],
+    previous: Mapping[str, Any] | None,
+    uid: str,
 ) -> Obj:
-    """Merge-patch ``status``; the resourceVersion makes a stale write fail with 409 instead of winning."""
+    """Write ``status`` (a merge patch of ``previous``) only if the stored status is still ``previous``.
+
+    The guard is on the status itself (a JSON Patch ``test``), not on the object's resourceVersion: edits
+    of labels, annotations or the spec by others do not make the write lose, so a busy writer cannot starve
+    the status. A status that changed meanwhile fails the test (422) and is raised as Conflict. With no
+    stored status yet, the first write checks the object's uid (the status is the operator's alone).
+    """
     path = finetunejob_path(namespace=namespace, name=name) + "/status"
-    body = {"metadata": {"resourceVersion": resource_version}, "status": dict(status)}
-    return kube.request("PATCH", path, body=body, content_type=MERGE_PATCH)
+    desired = {key: value for key, value in {**(previous or {}), **status}.items() if value is not None}
+    guard = (
+        {"op": "test", "path": "/status", "value": dict(previous)}
+        if previous
+        else {"op": "test", "path": "/metadata/uid", "value": uid}  # no status yet: only we write one
+    )
+    ops = [guard, {"op": "add", "path": "/status", "value": desired}]  # add replaces an existing member
+    try:
+        return kube.request("PATCH", path, body=ops, content_type=JSON_PATCH)
+    except Invalid as err:  # the test op failed: someone else's status is there now
+        raise Conflict(status=409, reason="Conflict", message=f"the status changed meanwhile: {err.message}") from err
 
 
 def delete_finetunejob(kube: Kube, *, namespace: str, name: str, uid: str) -> None:

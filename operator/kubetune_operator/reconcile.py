@@ -209,7 +209,8 @@ def act(kube: k8s.Kube, *, ftj: Obj, planned: Plan, now: datetime, logger: Logge
             namespace=namespace,
             name=meta["name"],
             status=planned.status_patch,
-            resource_version=meta["resourceVersion"],
+            previous=ftj.get("status") or None,
+            uid=meta["uid"],
         )
         applied.written.append(written)
     _post_events(kube, ftj=ftj, events=planned.events, now=now, logger=logger)

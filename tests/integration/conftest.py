@@ -53,6 +53,17 @@ def crd(admin: Kube) -> dict[str, Any]:
 
     name = manifest["metadata"]["name"]
     wait_for(lambda: admin.get(f"{path}/{name}"), established, what="the CRD to be Established", timeout=30)
+
+    def servable() -> bool:
+        # A new CRD's watch cache answers lists with 429 "storage is (re)initializing" for a while; an
+        # operator started then waits out kopf's retry backoff (about a minute) before it handles anything.
+        try:
+            admin.request("GET", "/apis/kubetune.io/v1alpha1/finetunejobs")
+        except ApiError:
+            return False
+        return True
+
+    wait_for(servable, bool, what="FineTuneJobs to be listable", timeout=60)
     return manifest
 
 
