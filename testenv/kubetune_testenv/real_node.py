@@ -100,6 +100,38 @@ def node_state_dir() -> Path:
     return cache_root() / "node"
 
 
+def take_node_lock() -> IO[str]:
+    """The machine's real-node lock, held until the returned handle is closed; NodeBusyError if taken."""
+    lock_path = node_state_dir() / "node.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(lock_path, "a+")  # noqa: SIM115 - held by the caller, closed when it lets go of the node
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise NodeBusyError(f"another session (pid {holder}) runs the real node on this machine") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def sweep_dead_sessions(kube: Path, settings: NodeSettings | None = None) -> None:
+    """Sweep what killed sessions' nodes left on this machine, as the next start would; NodeBusyError if a
+    live session holds the node."""
+    settings = settings or NodeSettings()
+    with take_node_lock():
+        sweep(
+            cgroup_root=settings.cgroup_root,
+            bridge=settings.bridge,
+            containerd_root=node_state_dir() / "containerd",
+            kube=kube,
+        )
+
+
 class RealNode:
     """A kubelet node of ``plane``; ``start()``, ``import_image()``, ``stop()``."""
 
@@ -260,21 +292,7 @@ class RealNode:
         return [process.name for process in self._processes if not process.alive()]
 
     def _acquire_lock(self) -> None:
-        lock_path = node_state_dir() / "node.lock"
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(lock_path, "a+")  # noqa: SIM115 - held for the node's lifetime, closed in stop()
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            handle.close()
-            raise NodeBusyError(f"another session (pid {holder}) runs the real node on this machine") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        self._lock = handle
+        self._lock = take_node_lock()
 
     def _release_lock(self) -> None:
         if self._lock is not None:

@@ -15,8 +15,9 @@ from kubetune_operator.errors import ApiError
 from kubetune_operator.k8s import Kube, collection_path, object_path
 from kubetune_testenv.cluster import Cluster, ControlPlane
 from kubetune_testenv.host_state import cgroup_dirs, shim_pids
-from kubetune_testenv.real_node import NodeSettings
+from kubetune_testenv.real_node import NodeSettings, sweep_dead_sessions
 from kubetune_testenv.release import ON_CPU_NODE, OPERATOR_NAMESPACE
+from kubetune_testenv.versions import binaries
 from kubetune_testenv.volumes import HostPathClaims
 
 JOBS_NAMESPACE = "e2e-jobs"
@@ -103,3 +104,16 @@ def leftovers() -> dict[str, list[str]]:
 
 def nothing_left() -> dict[str, list[str]]:
     return {key: [] for key in leftovers()}
+
+
+def clean_machine() -> dict[str, list[str]]:
+    """What is left on this machine once killed sessions' nodes are swept (as a node's start does).
+
+    A test that asserts "nothing left" afterwards starts from here, so a session killed earlier on the same
+    machine (a CI runner reused, a SIGKILLed pytest) does not fail it; a live node is left alone (NodeBusyError).
+    """
+    left = leftovers()
+    if left != nothing_left() and not left["processes"]:
+        sweep_dead_sessions(binaries().kube, NODE)
+        left = leftovers()
+    return left

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_env import leftovers, nothing_left
+from e2e_env import clean_machine, leftovers, nothing_left
 from kubetune_testenv import images
 from kubetune_testenv.versions import binaries
 
@@ -86,8 +86,9 @@ class Up:
 
 @pytest.fixture
 def up(tmp_path: Path) -> Iterator[Up]:
-    if leftovers() != nothing_left():
-        pytest.fail(f"the machine is not clean before the test: {leftovers()}", pytrace=False)
+    left = clean_machine()
+    if left != nothing_left():
+        pytest.fail(f"the machine is not clean before the test: {left}", pytrace=False)
     started = Up(tmp_path / "up.log")
     try:
         yield started

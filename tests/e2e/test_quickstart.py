@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
-from e2e_env import leftovers, nothing_left
+from e2e_env import clean_machine, leftovers, nothing_left
 from kubetune_testenv.local import LocalState
 from model_files import SMOLLM2_GGUF
 
@@ -62,8 +62,9 @@ def test_the_readme_opens_with_the_quickstart_then_the_tests() -> None:
 @pytest.fixture
 def quickstart(tmp_path: Path) -> Iterator[subprocess.CompletedProcess[str]]:
     """The README's first command with a 4-step job; the local cluster is stopped afterwards."""
-    if leftovers() != nothing_left():
-        pytest.fail(f"the machine is not clean before the quickstart: {leftovers()}", pytrace=False)
+    left = clean_machine()
+    if left != nothing_left():
+        pytest.fail(f"the machine is not clean before the quickstart: {left}", pytrace=False)
     manifest: dict[str, Any] = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
     manifest["spec"]["hyperparameters"].update(maxSteps=4, evalEverySteps=2)
     manifest["spec"]["checkpointing"]["everySteps"] = 2
