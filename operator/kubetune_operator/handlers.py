@@ -24,7 +24,7 @@ import kopf
 from kubetune.api.resource import GROUP, PLURAL, VERSION
 from kubetune_operator import k8s
 from kubetune_operator.builders.names import FINETUNEJOB_LABEL, child_names
-from kubetune_operator.cache import Obj, Written, slim
+from kubetune_operator.cache import LogTails, Obj, Written, slim
 from kubetune_operator.metrics import OperatorMetrics
 from kubetune_operator.reconcile import Logger, reconcile
 from kubetune_operator.requeue import Backoff, Requeue
@@ -136,6 +136,8 @@ def register(
     locks = KeyedLocks()
     backoff = Backoff()
     reader = IndexReader()
+    # The scheduled poll runs progress_poll_seconds after a read: 90 % of it leaves that poll a fresh read.
+    tails = LogTails(fresh_for=0.9 * settings.progress_poll_seconds)
     operator_settings = settings
     requeue: Requeue
 
@@ -148,7 +150,7 @@ def register(
         try:
             with locks.hold(key):
                 result = reconcile(
-                    kube, reader=reader, namespace=namespace, name=name, settings=settings, logger=logger
+                    kube, reader=reader, namespace=namespace, name=name, settings=settings, logger=logger, tails=tails
                 )
         except Exception as err:
             metrics.reconcile_errors.labels(trigger=trigger).inc()

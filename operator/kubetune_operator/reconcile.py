@@ -20,7 +20,7 @@ from kubetune.api.status import Phase
 from kubetune_operator import k8s
 from kubetune_operator.builders.event import EventSpec
 from kubetune_operator.builders.names import TRAINER_CONTAINER, child_names
-from kubetune_operator.cache import ApiReader, Obj, Reader
+from kubetune_operator.cache import ApiReader, LogTails, Obj, Reader
 from kubetune_operator.errors import (
     ApiError,
     BadRequest,
@@ -88,6 +88,7 @@ def reconcile(
     settings: OperatorSettings,
     logger: Logger,
     clock: Callable[[], datetime] = now_utc,
+    tails: LogTails | None = None,
 ) -> Result | None:
     """Observe, plan, act until the status write wins; ``None`` when the FineTuneJob no longer exists."""
     child_problem: str | None = None
@@ -95,7 +96,14 @@ def reconcile(
         # After a lost race the cache may not hold the winner's write yet: read the API server instead.
         source = reader if attempt == 1 else ApiReader(kube)
         observed = observe(
-            kube, reader=source, namespace=namespace, name=name, settings=settings, logger=logger, now=clock()
+            kube,
+            reader=source,
+            namespace=namespace,
+            name=name,
+            settings=settings,
+            logger=logger,
+            now=clock(),
+            tails=tails,
         )
         if observed is None:
             return None
@@ -124,6 +132,7 @@ def observe(
     settings: OperatorSettings,
     logger: Logger,
     now: datetime,
+    tails: LogTails | None = None,
 ) -> Observed | None:
     ftj = reader.finetunejob(namespace=namespace, name=name)
     if ftj is None or ftj["metadata"].get("deletionTimestamp"):
@@ -150,17 +159,22 @@ def observe(
         job=job,
         pods=pods,
         now=now,
-        trainer_events=() if finished else _trainer_events(kube, pods=pods, settings=settings, logger=logger),
+        trainer_events=()
+        if finished
+        else _trainer_events(kube, pods=pods, settings=settings, logger=logger, tails=tails),
         pod_creation_failures=failures,
     )
 
 
 def _trainer_events(
-    kube: k8s.Kube, *, pods: list[Obj], settings: OperatorSettings, logger: Logger
+    kube: k8s.Kube, *, pods: list[Obj], settings: OperatorSettings, logger: Logger, tails: LogTails | None
 ) -> list[ProgressEvent]:
     pod = rank0_pod(pods)
     if pod is None or not settings.progress_log_lines:
         return []
+    cached = tails.get(pod) if tails is not None else None
+    if cached is not None:
+        return events_from_log(cached)
     try:
         text = k8s.read_log_tail(
             kube,
@@ -172,7 +186,9 @@ def _trainer_events(
         )
     except ApiError as err:  # no kubelet to ask (yet), or the node is gone: progress just stays put
         logger.debug("no log from %s: %s", pod["metadata"]["name"], err)
-        return []
+        text = ""  # remembered as well: asking again within the poll interval would fail the same way
+    if tails is not None:
+        tails.put(pod, text)
     return events_from_log(text)
 
 
