@@ -6,30 +6,24 @@ exactly ``kubetune_operator.rbac.RULES``: a missing permission fails these tests
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import urllib.request
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from idle_scenario import IdleWindow
 from kube_objects import FineTuneJobs, condition_of, ftj_collection, status_of, wait_for
 from kubetune_operator.errors import ApiError
 from kubetune_operator.k8s import Kube, collection_path, object_path
 from kubetune_operator.rbac import cluster_role
 from kubetune_testenv.cluster import Cluster
+from operator_harness import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / "finetunejobs.yaml"
 OPERATOR_NAMESPACE = "kubetune-system"
 OPERATOR_ACCOUNT = "kubetune-operator"
-# Short enough for tests to watch a pending timeout expire, long enough not to fire on normal starts.
-PENDING_TIMEOUT_SECONDS = 8
 
 
 def _create_or_keep(kube: Kube, path: str, body: dict[str, Any]) -> None:
@@ -94,83 +88,6 @@ def operator_kubeconfig(cluster: Cluster, admin: Kube) -> Path:
     return cluster.sa_kubeconfig(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class OperatorProcess:
-    """``python -m kubetune_operator`` in a subprocess; its log is kept for failure reports."""
-
-    def __init__(self, *, kubeconfig: Path, log_path: Path, extra_env: Mapping[str, str] | None = None) -> None:
-        self.kubeconfig = kubeconfig
-        self.log_path = log_path
-        self.extra_env = dict(extra_env or {})
-        self.metrics_port = _free_port()
-        self.health_port = _free_port()
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KUBETUNE_")}
-        env.update(
-            KUBECONFIG=str(self.kubeconfig),
-            KUBETUNE_TRAINER_IMAGE="kubetune/trainer:test",
-            KUBETUNE_PENDING_TIMEOUT_SECONDS=str(PENDING_TIMEOUT_SECONDS),
-            KUBETUNE_TERMINATION_GRACE_PERIOD_SECONDS="30",
-            KUBETUNE_METRICS_PORT=str(self.metrics_port),
-            KUBETUNE_HEALTH_PORT=str(self.health_port),
-            KUBETUNE_LOG_LEVEL="info",
-            # The kwok stages' test hook (docs/testing.md): off in the operator's defaults.
-            KUBETUNE_POD_ANNOTATION_PREFIXES="kubetune.test/",
-            # The test namespaces (the `namespace` fixture names them t-...): the e2e tests' namespace
-            # belongs to the operator installed in the cluster, which must be the only one acting there.
-            KUBETUNE_NAMESPACES="t-*",
-        )
-        env.update(self.extra_env)
-        return env
-
-    def start(self) -> None:
-        log = self.log_path.open("ab")
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "kubetune_operator"], env=self.env(), stdout=log, stderr=subprocess.STDOUT
-        )
-        log.close()
-        wait_for(self._healthy, bool, what=f"the operator's /healthz (log: {self.log_path})", timeout=60)
-
-    def _healthy(self) -> bool:
-        if self._process is not None and self._process.poll() is not None:
-            raise AssertionError(f"the operator exited with {self._process.returncode}:\n{self.log_tail()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
-
-    def kill(self) -> None:
-        """SIGKILL: no clean shutdown, as when a node dies under the operator."""
-        if self._process is not None and self._process.poll() is None:
-            self._process.send_signal(signal.SIGKILL)
-            self._process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
-            return str(response.read().decode())
-
-    def log_tail(self, lines: int = 60) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-
 @pytest.fixture(scope="session")
 def operator(
     crd: dict[str, Any], operator_kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
@@ -185,15 +102,46 @@ def operator(
         process.stop()
 
 
+# The idle-cost test (test_operator_idle.py) watches 100 jobs for 10 minutes: its jobs are created before
+# the first integration test, with an operator of their own, and the test itself runs last, so the window
+# passes while the other tests run instead of adding 10 minutes to the suite.
+IDLE_FILE = "test_operator_idle.py"
+IDLE_SELECTED = pytest.StashKey[bool]()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    idle = [item for item in items if item.path.name == IDLE_FILE]
+    config.stash[IDLE_SELECTED] = bool(idle)
+    items[:] = [item for item in items if item.path.name != IDLE_FILE] + idle
+
+
+@pytest.fixture(scope="session", autouse=True)
+def idle_window(
+    request: pytest.FixtureRequest, crd: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[IdleWindow | None]:
+    """100 jobs settled (50 Succeeded, 50 Running) under their own operator; None when the test is not run."""
+    if not request.config.stash.get(IDLE_SELECTED, False):
+        yield None
+        return
+    admin: Kube = request.getfixturevalue("admin")
+    kubeconfig: Path = request.getfixturevalue("operator_kubeconfig")
+    with IdleWindow.opened(admin, kubeconfig, log_dir=tmp_path_factory.mktemp("idle")) as window:
+        yield window
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """On a failed test that used the operator, attach the operator's log tail to the report."""
     report = yield
-    process = getattr(item, "funcargs", {}).get("operator")
+    funcargs = getattr(item, "funcargs", {})
+    process = funcargs.get("operator")
     if report.failed and isinstance(process, OperatorProcess):
         report.sections.append(("operator log (tail)", process.log_tail()))
+    window = funcargs.get("idle_window")
+    if report.failed and item.path.name == IDLE_FILE and isinstance(window, IdleWindow):
+        report.sections.append(("idle operator log (tail)", window.operator.log_tail()))
     return report
 
 

@@ -4,9 +4,9 @@ No transition may be missed, none reported twice, and no child duplicated."""
 from __future__ import annotations
 
 import pytest
-from conftest import OperatorProcess
 from kube_objects import FineTuneJobs, ftj_collection, wait_for
 from kubetune_testenv.cluster import Cluster, ControlPlane
+from operator_harness import OperatorProcess
 
 pytestmark = pytest.mark.cluster
 

@@ -7,9 +7,9 @@ import time
 from typing import Any
 
 import pytest
-from conftest import OperatorProcess
 from kube_objects import FineTuneJobs, ftj_collection
 from kubetune_operator.k8s import MERGE_PATCH, finetunejob_path
+from operator_harness import OperatorProcess
 
 pytestmark = pytest.mark.cluster
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 from kube_objects import FineTuneJobs, ftj_collection, wait_for
-from operator_harness import Operator, leftovers, metric_sum
+from operator_harness import OperatorProcess, leftovers, metric_sum
 
 pytestmark = pytest.mark.cluster
 
@@ -20,7 +20,7 @@ RECONCILE_ERRORS = "kubetune_operator_reconcile_errors_total"
 
 
 def test_finetunejobs_deleted_while_their_children_are_being_created_leave_nothing_behind(
-    ftjs: FineTuneJobs, operator: Operator
+    ftjs: FineTuneJobs, operator: OperatorProcess
 ) -> None:
     # The operator finds a new namespace through its namespace watch; churn before that would race nothing.
     ftjs.create("warm-up", annotations={"kubetune.test/run-for": "10m"})

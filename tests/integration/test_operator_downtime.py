@@ -14,7 +14,7 @@ import time
 
 import pytest
 from kube_objects import FineTuneJobs, condition_of, ftj_collection, status_of, wait_for
-from operator_harness import CHILD_KINDS, Operator, leftovers, operator_stopped
+from operator_harness import CHILD_KINDS, OperatorProcess, leftovers, operator_stopped
 
 pytestmark = pytest.mark.cluster
 
@@ -34,7 +34,7 @@ def assert_owned_by(ftjs: FineTuneJobs, name: str, uid: str) -> None:
 
 
 def test_a_create_a_suspend_and_deletes_made_while_the_operator_was_down_are_acted_on(
-    ftjs: FineTuneJobs, operator: Operator
+    ftjs: FineTuneJobs, operator: OperatorProcess
 ) -> None:
     running = {name: ftjs.create(name, annotations=RUNS_LONG) for name in ("pausing", "doomed", "legacy")}
     for name, created in running.items():

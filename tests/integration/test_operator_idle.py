@@ -1,5 +1,8 @@
-"""100 FineTuneJobs sitting idle (half finished, half running) cost the operator no status write and a
-bounded number of API requests: reads come from its watch caches, re-checks are scheduled only when due."""
+"""100 FineTuneJobs sitting idle (half finished, half running) for 10 minutes cost the operator no status write
+and a bounded number of API requests: reads come from its watch caches, re-checks are scheduled only when due.
+
+The jobs and their own operator are set up before the first integration test (``idle_scenario``); this test
+runs last, so the window spans the rest of the suite (its API server restart included)."""
 
 from __future__ import annotations
 
@@ -7,15 +10,15 @@ import os
 import re
 import time
 from collections import Counter
-from typing import Any
 
 import pytest
-from conftest import OperatorProcess
-from kube_objects import FineTuneJobs, ftj_collection, minimal_spec, wait_for
+from idle_scenario import RUNNING, SETTLED, IdleWindow
+from operator_harness import metric_sum
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-# The issue asks for 10 idle minutes; a shorter window is for trying the test out locally.
+# The issue asks for 10 idle minutes (at least: in a full run the window spans the suite, 20 minutes and more,
+# which takes in the operator's 10-minute safety re-checks); a shorter window is for trying the test out.
 IDLE_SECONDS = float(os.environ.get("KUBETUNE_IDLE_TEST_SECONDS", "600"))
 # What the operator settings of the test's operator make a running job cost: one pods/log read per poll.
 PROGRESS_POLL_SECONDS = 30.0
@@ -31,32 +34,15 @@ def requests_by_kind(metrics: str) -> Counter[str]:
     return out
 
 
-def counter(metrics: str, name: str) -> float:
-    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", metrics, flags=re.M))
+def test_idle_jobs_cost_no_status_write_and_only_the_scheduled_progress_reads(idle_window: IdleWindow | None) -> None:
+    assert idle_window is not None, "conftest opens the window whenever this test is selected"
+    # The window opened before the first integration test; this test runs last and waits out the rest.
+    time.sleep(max(0.0, IDLE_SECONDS - (time.monotonic() - idle_window.opened_at)))
+    after = idle_window.operator.metrics()
+    idle = time.monotonic() - idle_window.opened_at
+    before = idle_window.metrics_at_open
 
-
-def test_idle_jobs_cost_no_status_write_and_only_the_scheduled_progress_reads(
-    ftjs: FineTuneJobs, operator: OperatorProcess
-) -> None:
-    spec: dict[str, Any] = minimal_spec() | {"resources": {"gpusPerNode": 0}}
-    finished = [f"done-{i:02d}" for i in range(50)]
-    running = [f"busy-{i:02d}" for i in range(50)]
-    for name in finished:
-        ftjs.create(name, spec=spec, annotations={"kubetune.test/run-for": "1s"})
-    for name in running:
-        ftjs.create(name, spec=spec, annotations={"kubetune.test/run-for": "2h"})
-
-    def phases() -> Counter[str]:
-        items = ftjs.kube.request("GET", ftj_collection(ftjs.namespace))["items"]
-        return Counter((i.get("status") or {}).get("phase", "") for i in items)
-
-    wait_for(phases, lambda c: c == Counter(Succeeded=50, Running=50), what="50 finished, 50 running", timeout=300)
-    time.sleep(5)  # the last events of the settling jobs
-    before = operator.metrics()
-    time.sleep(IDLE_SECONDS)
-    after = operator.metrics()
-
-    writes = counter(after, "kubetune_operator_status_writes_total") - counter(
+    writes = metric_sum(after, "kubetune_operator_status_writes_total") - metric_sum(
         before, "kubetune_operator_status_writes_total"
     )
     assert writes == 0
@@ -65,7 +51,7 @@ def test_idle_jobs_cost_no_status_write_and_only_the_scheduled_progress_reads(
     spent = +spent  # drop the kinds that did not move
     # Running jobs re-read rank 0's log each poll (kwok pods have no kubelet to answer, so the read fails fast
     # and progress stays put); finished jobs cost nothing. Nothing else is requested.
-    polls = len(running) * (IDLE_SECONDS / PROGRESS_POLL_SECONDS + 1)
+    polls = len(RUNNING) * (idle / PROGRESS_POLL_SECONDS + 1)
     assert set(spent) <= {"GET pods/log"}, spent
     assert spent["GET pods/log"] <= polls, spent
-    assert phases() == Counter(Succeeded=50, Running=50)
+    assert idle_window.phases() == SETTLED

@@ -8,9 +8,9 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from conftest import OperatorProcess
 from kube_objects import FineTuneJobs, ftj_collection, minimal_spec, wait_for
 from kubetune_operator.builders.names import FINETUNEJOB_LABEL
+from operator_harness import OperatorProcess
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

@@ -15,7 +15,7 @@ from kube_objects import FineTuneJobs, status_of
 from kubetune_operator.builders import build_children
 from kubetune_operator.k8s import collection_path
 from kubetune_operator.settings import OperatorSettings
-from operator_harness import Operator, metric_sum, operator_stopped
+from operator_harness import OperatorProcess, metric_sum, operator_stopped
 
 from kubetune.api.resource import FineTuneJob
 
@@ -36,7 +36,7 @@ def created_children(metrics_text: str) -> dict[str, float]:
 
 
 def test_children_created_before_a_lost_status_write_are_adopted_not_replaced(
-    ftjs: FineTuneJobs, operator: Operator
+    ftjs: FineTuneJobs, operator: OperatorProcess
 ) -> None:
     name = "replayed"
     settings = OperatorSettings.from_env(environ=operator.env())

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import OperatorProcess
 from kube_objects import FineTuneJobs, wait_for
 from kubetune_operator.errors import Conflict
 from kubetune_operator.k8s import Kube, collection_path
+from operator_harness import OperatorProcess, metric_sum
 
 pytestmark = pytest.mark.cluster
 
@@ -58,11 +57,6 @@ def _create(kube: Kube, path: str, body: dict[str, Any]) -> None:
         kube.request("POST", path, body=body)
 
 
-def counter(metrics: str, name: str) -> float:
-    """The sum of a counter's samples over all label values."""
-    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", metrics, flags=re.M))
-
-
 @pytest.fixture
 def replicas(
     admin: Kube, operator: OperatorProcess, operator_kubeconfig: Path, namespace: str, tmp_path: Path
@@ -89,7 +83,10 @@ def replicas(
         "POST", peerings, body={"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": PEERING}}
     )
     operator.stop()
-    env = {"KUBETUNE_PEERING_NAME": PEERING}
+    # Namespaced peering pauses every namespace without its KopfPeering, and kopf runs no handler until the
+    # indices of every watched namespace are filled: the replicas watch this namespace only, as the chart's
+    # namespaced mode runs them (a KopfPeering in each namespace listed).
+    env = {"KUBETUNE_PEERING_NAME": PEERING, "KUBETUNE_NAMESPACES": namespace}
     first = OperatorProcess(kubeconfig=operator_kubeconfig, log_path=tmp_path / "first.log", extra_env=env)
     second = OperatorProcess(kubeconfig=operator_kubeconfig, log_path=tmp_path / "second.log", extra_env=env)
     try:
@@ -120,11 +117,11 @@ def test_only_the_older_replica_acts_and_the_standby_takes_over_when_it_dies(
         ) == sorted(
             {"jobs": f"{n}-train", "configmaps": f"{n}-config", "services": f"{n}-workers"}[plural] for n in names
         ), plural
-    acted = counter(first.metrics(), "kubetune_operator_reconciles_total")
+    acted = metric_sum(first.metrics(), "kubetune_operator_reconciles_total")
     assert acted >= len(names)
-    assert counter(second.metrics(), "kubetune_operator_reconciles_total") == 0
-    assert counter(second.metrics(), "kubetune_operator_status_writes_total") == 0
-    writes = counter(first.metrics(), "kubetune_operator_status_writes_total")
+    assert metric_sum(second.metrics(), "kubetune_operator_reconciles_total") == 0
+    assert metric_sum(second.metrics(), "kubetune_operator_status_writes_total") == 0
+    writes = metric_sum(first.metrics(), "kubetune_operator_status_writes_total")
     # Each job's status changes a handful of times (created, running, succeeded): a second writer would
     # show as more writes than transitions, or as writes on the standby.
     assert len(names) * 2 <= writes <= len(names) * 5
@@ -133,4 +130,4 @@ def test_only_the_older_replica_acts_and_the_standby_takes_over_when_it_dies(
     ftjs.create("after-failover", annotations={"kubetune.test/run-for": "2s"})
     # kopf presumes a silent peer dead after its lifetime (60 s) and the standby resumes.
     ftjs.wait_phase("after-failover", "Succeeded", timeout=150)
-    assert counter(second.metrics(), "kubetune_operator_reconciles_total") >= 1
+    assert metric_sum(second.metrics(), "kubetune_operator_reconciles_total") >= 1

@@ -20,7 +20,7 @@ from kube_objects import FineTuneJobs, ftj_collection, minimal_spec
 from kubernetes import config
 from kubetune_operator.k8s import Kube, collection_path, object_path
 from kubetune_operator.rbac import RULES
-from operator_harness import Operator
+from operator_harness import OperatorProcess
 
 pytestmark = pytest.mark.cluster
 
@@ -66,7 +66,7 @@ def namespace_objects(ftjs: FineTuneJobs) -> dict[str, list[dict[str, Any]]]:
 
 
 def test_secret_values_appear_nowhere_after_a_successful_and_a_failed_run(
-    ftjs: FineTuneJobs, operator: Operator
+    ftjs: FineTuneJobs, operator: OperatorProcess
 ) -> None:
     canaries: list[str] = []
     for secret, keys in SECRETS.items():
