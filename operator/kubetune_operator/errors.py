@@ -41,6 +41,11 @@ class Forbidden(ApiError):
     """403: RBAC, an admission plugin or a ResourceQuota refused the request."""
 
 
+class NamespaceTerminating(Forbidden):
+    """403 with cause NamespaceTerminating: nothing new may be created in a namespace being deleted; the
+    FineTuneJob goes with it, so there is nothing left to do."""
+
+
 class Transient(ApiError):
     """429, 5xx, or no answer at all: the server is busy or unreachable. Retry with backoff."""
 
@@ -55,8 +60,10 @@ _BY_STATUS: dict[int, type[ApiError]] = {
 }
 
 
-def api_error(*, status: int, reason: str, message: str) -> ApiError:
-    """The typed error for an HTTP status."""
+def api_error(*, status: int, reason: str, message: str, causes: tuple[str, ...] = ()) -> ApiError:
+    """The typed error for an HTTP status and the ``details.causes[].reason`` of the API server's Status."""
+    if status == 403 and "NamespaceTerminating" in causes:
+        return NamespaceTerminating(status=status, reason=reason, message=message)
     if status in _BY_STATUS:
         return _BY_STATUS[status](status=status, reason=reason, message=message)
     if status == 0 or status == 429 or status >= 500:

@@ -120,10 +120,15 @@ class Kube:
                 status_obj = json.loads(data)
             except ValueError:
                 status_obj = {}
+            if not isinstance(status_obj, dict):
+                status_obj = {}
+            details = status_obj.get("details")
+            causes = (details.get("causes") if isinstance(details, dict) else None) or []
             raise api_error(
                 status=response.status,
                 reason=str(status_obj.get("reason") or response.reason or ""),
                 message=str(status_obj.get("message") or data[:500].decode("utf-8", errors="replace")),
+                causes=tuple(str(c.get("reason")) for c in causes if isinstance(c, dict)),
             )
         return data
 

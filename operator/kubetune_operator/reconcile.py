@@ -28,6 +28,7 @@ from kubetune_operator.errors import (
     ChildRejectedError,
     Conflict,
     Invalid,
+    NamespaceTerminating,
     NotFound,
 )
 from kubetune_operator.plan import (
@@ -90,7 +91,8 @@ def reconcile(
     clock: Callable[[], datetime] = now_utc,
     tails: LogTails | None = None,
 ) -> Result | None:
-    """Observe, plan, act until the status write wins; ``None`` when the FineTuneJob no longer exists."""
+    """Observe, plan, act until the status write wins; ``None`` when the FineTuneJob no longer exists or its
+    namespace is being deleted."""
     child_problem: str | None = None
     for attempt in range(1, MAX_ATTEMPTS + 1):
         # After a lost race the cache may not hold the winner's write yet: read the API server instead.
@@ -114,6 +116,9 @@ def reconcile(
             applied = act(kube, ftj=observed.ftj, planned=planned, now=observed.now, logger=logger)
         except ChildProblem as err:
             child_problem = err.problem
+        except NamespaceTerminating as err:
+            logger.debug("the namespace is being deleted, the FineTuneJob with it: %s", err)
+            return None
         except (Conflict, NotFound) as err:
             # A write race lost, or something deleted meanwhile (often the FineTuneJob itself): observe
             # again from the API server; a FineTuneJob that is gone ends the reconcile.

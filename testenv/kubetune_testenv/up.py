@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -14,6 +15,9 @@ from .real_node import NodeBusyError, NodeUnavailableError, RealNode
 
 def run_until_interrupted(*, workdir: str | None, real_node: bool = False, all_images: bool = False) -> int:
     """``python -m kubetune_testenv up``: start, print how to connect, wait for Ctrl-C, tear down."""
+    # A command started in the background by a non-interactive shell (CI runners, nohup) inherits SIGINT
+    # ignored, and Python then raises no KeyboardInterrupt: Ctrl-C (or kill -INT) must stop it all the same.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     directory = Path(workdir).resolve() if workdir else None
     if directory is not None:
         directory.mkdir(parents=True, exist_ok=True)

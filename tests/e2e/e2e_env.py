@@ -113,7 +113,7 @@ def clean_machine() -> dict[str, list[str]]:
     machine (a CI runner reused, a SIGKILLed pytest) does not fail it; a live node is left alone (NodeBusyError).
     """
     left = leftovers()
-    if left != nothing_left() and not left["processes"]:
-        sweep_dead_sessions(binaries().kube, NODE)
+    if left != nothing_left():
+        sweep_dead_sessions(binaries().kube, NODE)  # NodeBusyError if a live session holds the node
         left = leftovers()
     return left
