@@ -26,7 +26,7 @@ from kubetune_operator import k8s
 from kubetune_operator.builders.names import FINETUNEJOB_LABEL, child_names
 from kubetune_operator.cache import LogTails, Obj, Written, slim
 from kubetune_operator.metrics import OperatorMetrics
-from kubetune_operator.reconcile import Logger, reconcile
+from kubetune_operator.reconcile import reconcile
 from kubetune_operator.requeue import Backoff, Requeue
 from kubetune_operator.settings import OperatorSettings
 
@@ -38,6 +38,17 @@ FINALIZER = "kubetune.io/operator"
 CHILD_RESOURCES = (("batch", "v1", "jobs"), ("", "v1", "configmaps"), ("", "v1", "services"), ("", "v1", "pods"))
 
 log = logging.getLogger(__name__)
+
+
+class ObjectLogger(logging.LoggerAdapter[logging.Logger]):
+    """Log lines about one FineTuneJob, prefixed ``[namespace/name]`` as kopf's own object logger does."""
+
+    def __init__(self, logger: logging.Logger, key: tuple[str, str]) -> None:
+        super().__init__(logger, {})
+        self.prefix = f"[{key[0]}/{key[1]}] "
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"{self.prefix}{msg}", kwargs
 
 
 def configure_kopf(*, kopf_settings: kopf.OperatorSettings, settings: OperatorSettings) -> None:
@@ -141,11 +152,11 @@ def register(
     operator_settings = settings
     requeue: Requeue
 
-    def run(*, namespace: str | None, name: str, trigger: str, logger: Logger) -> None:
-        """Reconcile; a failure is counted, logged and retried with backoff by the scheduler (never by kopf,
-        whose retries would record the error in the FineTuneJob's annotations)."""
-        assert namespace is not None, "FineTuneJobs and their children are namespaced"
-        key = (namespace, name)
+    def run(key: tuple[str, str], trigger: str) -> None:
+        """Reconcile (on the work queue's pool); a failure is counted, logged and retried with backoff by
+        the queue (never by kopf, whose retries would record the error in the FineTuneJob's annotations)."""
+        namespace, name = key
+        logger = ObjectLogger(log, key)
         metrics.reconciles.labels(trigger=trigger).inc()
         try:
             with locks.hold(key):
@@ -176,15 +187,14 @@ def register(
         after = result.plan.requeue_after
         requeue.schedule(key, after=settings.resync_interval_seconds if after is None else after)
 
-    def scheduled(key: tuple[str, str]) -> None:
-        namespace, name = key
-        run(namespace=namespace, name=name, trigger="scheduled", logger=logging.LoggerAdapter(log, {}))
+    requeue = Requeue(callback=run, workers=settings.max_workers)
 
-    requeue = Requeue(callback=scheduled, workers=settings.max_workers)
-
-    def handle(*, namespace: str | None, name: str, trigger: str, logger: Logger, kwargs: Mapping[str, Any]) -> None:
+    def handle(*, namespace: str | None, name: str, trigger: str, kwargs: Mapping[str, Any]) -> None:
+        """A watch event: queue its FineTuneJob's reconcile and return, so kopf's worker for the object ends
+        at once instead of waiting for a reconcile thread with the event in hand."""
+        assert namespace is not None, "FineTuneJobs and their children are namespaced"
         reader.bind(kwargs)
-        run(namespace=namespace, name=name, trigger=trigger, logger=logger)
+        requeue.schedule((namespace, name), after=0.0, trigger=trigger)
 
     @kopf.on.startup(registry=registry)
     def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -201,29 +211,27 @@ def register(
         return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.index(GROUP, VERSION, PLURAL, id="finetunejob_cache", registry=registry)
-    def finetunejob_cache(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    async def finetunejob_cache(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace, name): slim(body, kind="FineTuneJob")}
 
     @kopf.index("batch", "v1", "jobs", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, id="job_cache", registry=registry)
-    def job_cache(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    async def job_cache(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace, labels[FINETUNEJOB_LABEL]): slim(body, kind="Job")}
 
     @kopf.index("v1", "configmaps", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, id="configmap_cache", registry=registry)
-    def configmap_cache(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    async def configmap_cache(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace, labels[FINETUNEJOB_LABEL]): slim(body, kind="ConfigMap")}
 
     @kopf.index("v1", "services", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, id="service_cache", registry=registry)
-    def service_cache(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    async def service_cache(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace, labels[FINETUNEJOB_LABEL]): slim(body, kind="Service")}
 
     @kopf.index("v1", "pods", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, id="pod_cache", registry=registry)
-    def pod_cache(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    async def pod_cache(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace, labels[FINETUNEJOB_LABEL]): slim(body, kind="Pod")}
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    def finetunejob_changed(
-        namespace: str | None, name: str, type: str | None, uid: str, logger: Logger, **kwargs: Any
-    ) -> None:
+    async def finetunejob_changed(namespace: str | None, name: str, type: str | None, uid: str, **kwargs: Any) -> None:
         # Created (ADDED), changed (MODIFIED: spec, metadata, or our own status write, which re-plans to
         # nothing), listed at start-up (None), or deleted: its children go by garbage collection.
         if type == "DELETED":
@@ -234,20 +242,20 @@ def register(
             metrics.forget(uid=uid)
             return
         trigger = {"ADDED": "create", "MODIFIED": "update", None: "resume"}.get(type, "update")
-        handle(namespace=namespace, name=name, trigger=trigger, logger=logger, kwargs=kwargs)
+        handle(namespace=namespace, name=name, trigger=trigger, kwargs=kwargs)
 
     @kopf.on.event("batch", "v1", "jobs", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, registry=registry)
-    def job_changed(namespace: str | None, labels: Mapping[str, str], logger: Logger, **kwargs: Any) -> None:
-        handle(namespace=namespace, name=labels[FINETUNEJOB_LABEL], trigger="job", logger=logger, kwargs=kwargs)
+    async def job_changed(namespace: str | None, labels: Mapping[str, str], **kwargs: Any) -> None:
+        handle(namespace=namespace, name=labels[FINETUNEJOB_LABEL], trigger="job", kwargs=kwargs)
 
     @kopf.on.event("v1", "configmaps", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, registry=registry)
     @kopf.on.event("v1", "services", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, registry=registry)
-    def child_changed(namespace: str | None, labels: Mapping[str, str], logger: Logger, **kwargs: Any) -> None:
+    async def child_changed(namespace: str | None, labels: Mapping[str, str], **kwargs: Any) -> None:
         # Rare (created by the operator, deleted by hand): a deleted child is re-created.
-        handle(namespace=namespace, name=labels[FINETUNEJOB_LABEL], trigger="child", logger=logger, kwargs=kwargs)
+        handle(namespace=namespace, name=labels[FINETUNEJOB_LABEL], trigger="child", kwargs=kwargs)
 
     @kopf.on.event("v1", "pods", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, registry=registry)
-    def pod_changed(namespace: str | None, labels: Mapping[str, str], logger: Logger, **kwargs: Any) -> None:
-        handle(namespace=namespace, name=labels[FINETUNEJOB_LABEL], trigger="pod", logger=logger, kwargs=kwargs)
+    async def pod_changed(namespace: str | None, labels: Mapping[str, str], **kwargs: Any) -> None:
+        handle(namespace=namespace, name=labels[FINETUNEJOB_LABEL], trigger="pod", kwargs=kwargs)
 
     return requeue

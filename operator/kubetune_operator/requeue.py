@@ -1,9 +1,11 @@
-"""Reconciles scheduled for a time: a pending timeout expiring, a TTL, the next progress read.
+"""The operator's work queue: every reconcile runs from here, now (a watch event) or later (a re-check).
 
-A plan says when time alone would change it (``Plan.requeue_after``); this scheduler runs the reconcile
-then, instead of a timer per FineTuneJob firing whether or not anything is due. One thread sleeps until
-the earliest due key; a key holds one wake-up (a new one replaces it), and the callbacks run on a small
-pool so one slow reconcile does not hold up the others.
+Watch events ask for a reconcile of their FineTuneJob now; a plan says when time alone would change it
+(``Plan.requeue_after``: a pending timeout expiring, a TTL, the next progress read). One thread sleeps
+until the earliest due key, and the reconciles run on a small pool so one slow reconcile does not hold up
+the others. A key holds one wake-up, the earliest asked for: a burst of events about one job (its
+FineTuneJob, Job, pods, ConfigMap and Service) costs one reconcile, and an event that arrives while the
+job is being reconciled makes it run once more afterwards, so no change goes unseen.
 """
 
 from __future__ import annotations
@@ -50,24 +52,27 @@ class Backoff:
 
 class Requeue:
     def __init__(
-        self, *, callback: Callable[[Key], None], workers: int, clock: Callable[[], float] = time.monotonic
+        self, *, callback: Callable[[Key, str], None], workers: int, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._callback = callback
         self._clock = clock
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="requeue")
         self._cond = threading.Condition()
-        self._due: dict[Key, float] = {}
+        self._due: dict[Key, tuple[float, str]] = {}  # key -> (when, what asked for it)
         self._heap: list[tuple[float, int, Key]] = []
         self._counter = 0
         self._stopped = False
         self._thread = threading.Thread(target=self._loop, name="requeue", daemon=True)
         self._thread.start()
 
-    def schedule(self, key: Key, *, after: float) -> None:
-        """Reconcile ``key`` in ``after`` seconds, replacing its previous wake-up."""
+    def schedule(self, key: Key, *, after: float, trigger: str = "scheduled") -> None:
+        """Reconcile ``key`` in ``after`` seconds, unless it is due sooner already; ``trigger`` names why."""
         at = self._clock() + min(max(after, 0.0), MAX_DELAY_SECONDS)
         with self._cond:
-            self._due[key] = at
+            pending = self._due.get(key)
+            if pending is not None and pending[0] <= at:
+                return
+            self._due[key] = (at, trigger)
             self._counter += 1
             heapq.heappush(self._heap, (at, self._counter, key))
             self._cond.notify()
@@ -90,17 +95,17 @@ class Requeue:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                key = self._next_due()
-                if key is None:
+                due = self._next_due()
+                if due is None:
                     if self._stopped:
                         return
                     continue
-            self._pool.submit(self._run, key)
+            self._pool.submit(self._run, *due)
 
-    def _next_due(self) -> Key | None:
+    def _next_due(self) -> tuple[Key, str] | None:
         """Wait (holding the condition) until a wake-up is due; superseded heap entries are skipped."""
         while not self._stopped:
-            while self._heap and self._due.get(self._heap[0][2]) != self._heap[0][0]:
+            while self._heap and (self._due.get(self._heap[0][2]) or (None,))[0] != self._heap[0][0]:
                 heapq.heappop(self._heap)
             if not self._heap:
                 self._cond.wait()
@@ -111,12 +116,12 @@ class Requeue:
                 self._cond.wait(timeout=wait)
                 continue
             heapq.heappop(self._heap)
-            del self._due[key]
-            return key
+            _, trigger = self._due.pop(key)
+            return key, trigger
         return None
 
-    def _run(self, key: Key) -> None:
+    def _run(self, key: Key, trigger: str) -> None:
         try:
-            self._callback(key)
+            self._callback(key, trigger)
         except Exception:  # the callback logs its own failures; the scheduler must keep running
             log.exception("scheduled reconcile of %s failed", key)

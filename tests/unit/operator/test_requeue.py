@@ -1,4 +1,4 @@
-"""The scheduler of timed re-checks: runs each key once at its latest due time, keeps running on errors."""
+"""The work queue: runs each key once at its earliest due time, coalesces bursts, keeps running on errors."""
 
 from __future__ import annotations
 
@@ -11,13 +11,15 @@ from kubetune_operator.requeue import Backoff, Key, Requeue
 class Calls:
     def __init__(self, *, fail_on: Key | None = None) -> None:
         self.seen: list[tuple[Key, float]] = []
+        self.triggers: list[str] = []
         self.fail_on = fail_on
         self.event = threading.Event()
         self._lock = threading.Lock()
 
-    def __call__(self, key: Key) -> None:
+    def __call__(self, key: Key, trigger: str) -> None:
         with self._lock:
             self.seen.append((key, time.monotonic()))
+            self.triggers.append(trigger)
         self.event.set()
         if key == self.fail_on:
             raise RuntimeError("reconcile failed")
@@ -29,20 +31,48 @@ def wait_for_calls(calls: Calls, count: int, timeout: float = 5.0) -> None:
         time.sleep(0.01)
 
 
-def test_a_key_runs_once_when_due_and_a_new_schedule_replaces_the_old_one() -> None:
+def test_a_key_runs_once_at_the_earliest_wake_up_asked_for() -> None:
     calls = Calls()
     requeue = Requeue(callback=calls, workers=2)
     try:
         start = time.monotonic()
-        requeue.schedule(("ns", "a"), after=0.05)
-        requeue.schedule(("ns", "a"), after=0.3)  # replaces the earlier wake-up
-        requeue.schedule(("ns", "b"), after=0.1)
+        requeue.schedule(("ns", "a"), after=0.3)
+        requeue.schedule(("ns", "a"), after=0.05, trigger="pod")  # sooner: replaces the later wake-up
+        requeue.schedule(("ns", "a"), after=0.5)  # later than the one pending: no change
+        requeue.schedule(("ns", "b"), after=0.15)
         wait_for_calls(calls, 2)
-        time.sleep(0.3)
-        assert [key for key, _ in calls.seen] == [("ns", "b"), ("ns", "a")]
-        assert calls.seen[1][1] - start >= 0.3
+        time.sleep(0.6)
+        assert [key for key, _ in calls.seen] == [("ns", "a"), ("ns", "b")]
+        assert calls.triggers == ["pod", "scheduled"]
+        assert calls.seen[0][1] - start < 0.25
         assert requeue.pending() == 0
     finally:
+        requeue.stop()
+
+
+def test_a_burst_of_events_about_one_key_is_one_reconcile_and_an_event_during_it_one_more() -> None:
+    started, release = threading.Event(), threading.Event()
+    seen: list[str] = []
+
+    def slow(key: Key, trigger: str) -> None:
+        seen.append(trigger)
+        started.set()
+        release.wait(timeout=5)
+
+    requeue = Requeue(callback=slow, workers=2)
+    try:
+        for trigger in ("create", "child", "child", "job", "pod"):
+            requeue.schedule(("ns", "a"), after=0.05 if trigger == "create" else 0.0, trigger=trigger)
+        assert started.wait(timeout=5)
+        requeue.schedule(("ns", "a"), after=0.0, trigger="update")  # arrives while the reconcile runs
+        release.set()
+        deadline = time.monotonic() + 5
+        while len(seen) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        assert seen == ["child", "update"]
+    finally:
+        release.set()
         requeue.stop()
 
 
