@@ -219,11 +219,15 @@ def register(
         return {(namespace, labels[FINETUNEJOB_LABEL]): slim(body, kind="Job")}
 
     @kopf.index("v1", "configmaps", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, id="configmap_cache", registry=registry)
-    async def configmap_cache(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    async def configmap_cache(
+        namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+    ) -> dict[Any, Any]:
         return {(namespace, labels[FINETUNEJOB_LABEL]): slim(body, kind="ConfigMap")}
 
     @kopf.index("v1", "services", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, id="service_cache", registry=registry)
-    async def service_cache(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    async def service_cache(
+        namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+    ) -> dict[Any, Any]:
         return {(namespace, labels[FINETUNEJOB_LABEL]): slim(body, kind="Service")}
 
     @kopf.index("v1", "pods", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, id="pod_cache", registry=registry)

@@ -108,7 +108,10 @@ class OperatorSettings(BaseModel):
         ),
     )
     max_workers: int = Field(
-        default=8, ge=1, le=256, description="Threads running handlers (each reconcile makes blocking API calls)."
+        default=8,
+        ge=1,
+        le=256,
+        description="Threads running reconciles off the work queue (each makes blocking API calls).",
     )
 
     @classmethod
