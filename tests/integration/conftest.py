@@ -109,6 +109,7 @@ IDLE_FILE = "test_operator_idle.py"
 IDLE_SELECTED = pytest.StashKey[bool]()
 
 
+@pytest.hookimpl(trylast=True)  # after -m / -k deselection: a deselected test opens no window
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     idle = [item for item in items if item.path.name == IDLE_FILE]
     config.stash[IDLE_SELECTED] = bool(idle)
