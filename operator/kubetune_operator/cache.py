@@ -30,6 +30,10 @@ _META_FIELDS = (
     "ownerReferences",
 )
 # What is kept of each kind besides metadata (a pod's spec is large and never read).
+# A Job's spec (its pod template: several KiB per job) is read only for ``suspend``.
+_KEPT_SPEC = {"Job": ("suspend",)}
+# kubectl apply's copy of the whole object; nothing reads it, and it can be as large as the spec.
+_DROPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
 _KEPT = {
     "FineTuneJob": ("spec", "status"),
     "Job": ("spec", "status"),
@@ -61,9 +65,14 @@ def slim(obj: Mapping[str, Any], *, kind: str) -> dict[str, Any]:
         "kind": kind,
         "metadata": {key: _copy(meta[key]) for key in _META_FIELDS if key in meta},
     }
+    annotations = out["metadata"].get("annotations")
+    if annotations:
+        out["metadata"]["annotations"] = {k: v for k, v in annotations.items() if k not in _DROPPED_ANNOTATIONS}
     for key in _KEPT[kind]:
         if key in obj:
             out[key] = _copy(obj[key])
+    if kind in _KEPT_SPEC and isinstance(out.get("spec"), dict):
+        out["spec"] = {key: out["spec"][key] for key in _KEPT_SPEC[kind] if key in out["spec"]}
     return out
 
 

@@ -25,6 +25,18 @@ def test_a_pod_is_slimmed_to_metadata_and_status_without_managed_fields_or_spec(
     assert pod["status"]["phase"] == "Running"  # a copy: kopf's object is never shared
 
 
+def test_a_job_keeps_only_suspend_of_its_spec_and_no_object_keeps_kubectls_copy_of_itself() -> None:
+    job = obj("Job", "j", "7", spec={"suspend": True, "template": {"spec": {"containers": [{"name": "trainer"}]}}})
+    job["metadata"]["annotations"] = {
+        "kubectl.kubernetes.io/last-applied-configuration": '{"spec": "..."}',
+        "kubetune.io/job-spec-hash": "abc",
+    }
+    slimmed = slim(job, kind="Job")
+    assert slimmed["spec"] == {"suspend": True}
+    assert slimmed["metadata"]["annotations"] == {"kubetune.io/job-spec-hash": "abc"}
+    assert job["spec"]["template"] and len(job["metadata"]["annotations"]) == 2  # the original is untouched
+
+
 def test_our_write_is_used_until_the_cache_holds_it_or_something_newer() -> None:
     written = Written()
     mine = obj("FineTuneJob", "demo", "12", status={"phase": "Running"})
