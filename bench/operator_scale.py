@@ -35,7 +35,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import ssl
 import statistics
 import subprocess
@@ -59,6 +58,7 @@ from kubernetes.client.exceptions import ApiException
 from kubetune_operator.rbac import cluster_role
 from kubetune_testenv.cluster import ControlPlane, Settings
 from kubetune_testenv.nodes import DEFAULT_POOLS, NodePool
+from kubetune_testenv.processes import free_port
 from kubetune_testenv.stages import RUN_FOR
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
@@ -127,12 +127,6 @@ def bench_pool(n: int) -> NodePool:
         cpu="4096",
         memory="64Ti",
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(check: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.2) -> None:
@@ -354,8 +348,8 @@ class OperatorProcess:
 
     def __init__(self, *, kubeconfig: Path, log_path: Path) -> None:
         self.log_path = log_path
-        self.metrics_port = _free_port()
-        self.health_port = _free_port()
+        self.metrics_port = free_port()
+        self.health_port = free_port()
         self.env = operator_env(kubeconfig=kubeconfig, metrics_port=self.metrics_port, health_port=self.health_port)
         self._process: subprocess.Popen[bytes] | None = None
 

@@ -93,6 +93,35 @@ class FineTuneJobs:
         )
         return list(self.kube.request("GET", path)["items"])
 
+    def describe(self, name: str) -> str:
+        """A few lines on why a FineTuneJob is where it is: phase, conditions, its Job, pods and Events.
+
+        A timeout's message ends with this, short enough to survive a CI log cut to its last lines."""
+        obj = self.get(name) or {}
+        status = status_of(obj)
+        lines = [f"FineTuneJob {name}: phase={status.get('phase')} progress={status.get('progress')}"]
+        for c in status.get("conditions") or []:
+            lines.append(f"  condition {c['type']}={c['status']} {c.get('reason', '')}: {c.get('message', '')}"[:300])
+        for job in self.children("jobs", name):
+            job_status = job.get("status") or {}
+            conditions = [f"{c['type']}={c['status']}" for c in job_status.get("conditions") or []]
+            counts = {key: job_status.get(key) for key in ("active", "succeeded", "failed")}
+            lines.append(f"  Job {job['metadata']['name']}: suspend={job['spec'].get('suspend')} {counts} {conditions}")
+        for pod in self.children("pods", name):
+            pod_status = pod.get("status") or {}
+            states = [
+                f"{c['name']}: restarts={c.get('restartCount')} {c.get('state')}"
+                for c in pod_status.get("containerStatuses") or []
+            ]
+            lines.append(f"  pod {pod['metadata']['name']}: {pod_status.get('phase')} {states}"[:400])
+        path = collection_path(api_version="v1", plural="events", namespace=self.namespace)
+        events = self.kube.request("GET", path)["items"]
+        mine = [e for e in events if str(e["involvedObject"].get("name", "")).startswith(name)]
+        for e in sorted(mine, key=lambda e: int(e["metadata"]["resourceVersion"]))[-8:]:
+            involved = f"{e['involvedObject']['kind']}/{e['involvedObject']['name']}"
+            lines.append(f"  event {involved} {e['reason']}: {e.get('message', '')}"[:300])
+        return "\n".join(lines)
+
     def event_reasons(self, name: str) -> list[str]:
         path = collection_path(api_version="v1", plural="events", namespace=self.namespace)
         selector = f"involvedObject.kind=FineTuneJob,involvedObject.name={name}"

@@ -12,6 +12,7 @@ import atexit
 import contextlib
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -135,12 +136,35 @@ def _install_handlers() -> None:
                 signal.signal(sig, _exit_on_signal)
 
 
+# Ports handed out by free_port: below Linux's ephemeral range (32768-60999), so the kernel never gives
+# one to an outgoing connection as its source port between our probe and the server's bind, and below
+# the NodePort range (30000-32767). A port picked from the ephemeral range was taken that way once, by
+# one of the many connections a loaded test machine makes ("bind: address already in use").
+PORT_RANGE = (20000, 29999)
+_handed_out: set[int] = set()
+_port_lock = threading.Lock()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the OS hands out ephemeral ports in turn)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port that is free on every address now and that this process has not handed out before.
+
+    Probed on all addresses (servers here bind loopback or 0.0.0.0), at a random point of ``PORT_RANGE``:
+    another process choosing the same way rarely lands on the same port.
+    """
+    low, high = PORT_RANGE
+    with _port_lock:
+        for _ in range(200):
+            port = random.randint(low, high)
+            if port in _handed_out:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind(("0.0.0.0", port))
+                except OSError:
+                    continue
+            _handed_out.add(port)
+            return port
+    raise RuntimeError(f"no free TCP port in {low}-{high} after 200 tries")
 
 
 def wait_until(

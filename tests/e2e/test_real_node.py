@@ -52,7 +52,12 @@ def phases_until(ftjs: FineTuneJobs, name: str, final: str, *, timeout: float = 
             seen.append(phase)
         return phase == final or phase == "Failed"
 
-    obj = wait_for(lambda: ftjs.get(name) or {}, record, what=f"FineTuneJob {name} to reach {final}", timeout=timeout)
+    try:
+        obj = wait_for(lambda: ftjs.get(name) or {}, record, what=f"{name} to reach {final}", timeout=timeout)
+    except AssertionError:
+        raise AssertionError(
+            f"{name} did not reach {final} in {timeout}s (phases {seen})\n{ftjs.describe(name)}"
+        ) from None
     assert seen[-1] == final, f"{name} ended {seen[-1]} (phases {seen}); status: {json.dumps(status_of(obj))}"
     return seen
 
@@ -68,9 +73,12 @@ def wait_for_step(cluster: Cluster, ftjs: FineTuneJobs, name: str, step: int) ->
                 return str(pod["metadata"]["name"])
         return None
 
-    found = wait_for(
-        running_pod, lambda pod: pod is not None, what=f"{name}: step {step} in the log", timeout=RUN_TIMEOUT_S
-    )
+    try:
+        found = wait_for(
+            running_pod, lambda pod: pod is not None, what=f"{name}: step {step} in the log", timeout=RUN_TIMEOUT_S
+        )
+    except AssertionError:
+        raise AssertionError(f"{name}: no step {step} in {RUN_TIMEOUT_S}s\n{ftjs.describe(name)}") from None
     assert found is not None
     return found
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -20,6 +19,7 @@ from typing import Any
 from kube_objects import wait_for
 from kubetune_operator.builders.names import FINETUNEJOB_LABEL
 from kubetune_operator.k8s import Kube, collection_path
+from kubetune_testenv.processes import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 # The kinds a FineTuneJob owns (and its Job's pods), as (apiVersion, plural).
@@ -31,12 +31,6 @@ LABELLED_KINDS = (*CHILD_KINDS, ("v1", "pods"))
 PENDING_TIMEOUT_SECONDS = 8
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class OperatorProcess:
     """``python -m kubetune_operator`` in a subprocess; its log is kept for failure reports."""
 
@@ -44,8 +38,8 @@ class OperatorProcess:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.extra_env = dict(extra_env or {})
-        self.metrics_port = _free_port()
-        self.health_port = _free_port()
+        self.metrics_port = free_port()
+        self.health_port = free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
     def env(self) -> dict[str, str]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -40,6 +42,39 @@ def test_wait_until_reports_a_dead_process_with_its_log(tmp_path: Path) -> None:
     process.stop()
 
 
-def test_free_port_is_bindable() -> None:
-    port = processes.free_port()
-    assert 0 < port < 65536
+def test_free_port_hands_out_distinct_bindable_ports_outside_the_ephemeral_range() -> None:
+    ports = [processes.free_port() for _ in range(20)]
+    low, high = processes.PORT_RANGE
+    assert len(set(ports)) == len(ports)
+    assert all(low <= port <= high for port in ports)
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    assert high < ephemeral_low
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("0.0.0.0", port))
+
+
+def test_free_port_skips_a_port_in_use_and_says_when_none_is_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    with contextlib.ExitStack() as stack:
+        # A listening port whose next port is free: the range (busy, busy + 1) has one free port.
+        while True:
+            taken = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            busy = int(taken.getsockname()[1])
+            if busy < 65535 and _bindable(busy + 1):
+                break
+        monkeypatch.setattr(processes, "PORT_RANGE", (busy, busy + 1))
+        monkeypatch.setattr(processes, "_handed_out", set())
+        assert processes.free_port() == busy + 1
+        with pytest.raises(RuntimeError, match="no free TCP port"):
+            processes.free_port()
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from kubetune_testenv.processes import free_port
 
 # What each rank reports about the runtime it got; printed on one line the test can find in the logs.
 PROBE = """
@@ -24,16 +25,10 @@ stop_runtime()
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_two_cpu_pods_rendezvous_over_gloo_with_one_process_each(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
     probe.write_text(PROBE, encoding="utf-8")
-    port = _free_port()
+    port = free_port()
     # The pod's env for gpusPerNode 0: the GPUs hidden, NPROC_PER_NODE=1, NNODES = nodes.
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     pods = [

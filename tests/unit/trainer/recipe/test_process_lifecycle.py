@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubetune_testenv.processes import free_port
 
 from kubetune.api.exit_codes import ExitCode
 from kubetune.api.progress import parse_event
@@ -130,12 +130,6 @@ def test_sigkill_mid_training_leaves_checkpoints_but_no_manifest(
     assert complete, "periodic checkpoints before the kill are complete"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_torchrun_two_cpu_ranks_train_in_step_and_match_the_single_process_loss(
     tiny_model_dir: Path,
     lamini_subset: Callable[[int], Path],
@@ -176,7 +170,7 @@ def test_torchrun_two_cpu_ranks_train_in_step_and_match_the_single_process_loss(
         "--master-addr",
         "127.0.0.1",
         "--master-port",
-        str(_free_port()),
+        str(free_port()),
         "-m",
         "kubetune_trainer",
         "train",
@@ -244,7 +238,7 @@ def test_launch_gives_the_pod_exit_75_when_torchrun_workers_checkpoint_on_sigter
         "--master-addr",
         "127.0.0.1",
         "--master-port",
-        str(_free_port()),
+        str(free_port()),
         "--",
         "train",
         "--config",
