@@ -15,7 +15,8 @@ install_packages() {
   # openssl: the test control plane's CA and certificates. The real node: containerd + runc, the CNI
   # plugins, iptables and conntrack (kube-proxy), iproute2. Images: buildah, mmdebstrap, and gcc + libc6-dev
   # for the static pause binary. lua5.4: the Argo CD health check's tests (deploy/argocd/).
-  local packages=(openssl containerd runc containernetworking-plugins iptables conntrack iproute2 buildah mmdebstrap gcc libc6-dev lua5.4)
+  # prometheus: a real Prometheus server and promtool for the observability tests.
+  local packages=(openssl containerd runc containernetworking-plugins iptables conntrack iproute2 buildah mmdebstrap gcc libc6-dev lua5.4 prometheus)
   local missing=() package
   for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")

@@ -7,6 +7,8 @@ import os
 import socket
 import sys
 import time
+import urllib.parse
+from pathlib import Path
 
 import kopf
 from kubernetes import client, config
@@ -16,6 +18,7 @@ from kubetune_operator import k8s
 from kubetune_operator.handlers import register
 from kubetune_operator.metrics import OperatorMetrics
 from kubetune_operator.settings import OperatorSettings, SettingsError
+from kubetune_operator.tls import ServingIdentity, TlsError, load_identity, make_identity
 
 
 def api_client(*, connections: int) -> client.ApiClient:
@@ -52,6 +55,20 @@ def peering_priority(*, started_at: float) -> int:
     return -int(started_at * 1000)
 
 
+def report_identity(settings: OperatorSettings) -> ServingIdentity | None:
+    """The report endpoint's certificate: the given one, or one made now for the report address's host."""
+    if not settings.reports_port:
+        return None
+    if settings.reports_tls_dir is not None:
+        return load_identity(Path(settings.reports_tls_dir))
+    hosts = list(settings.report_cert_hosts)
+    if settings.report_url_base is not None:
+        host = urllib.parse.urlsplit(settings.report_url_base).hostname
+        if host:
+            hosts.insert(0, host)
+    return make_identity(hosts=tuple(dict.fromkeys(hosts or ["localhost"])))
+
+
 def main() -> int:
     try:
         settings = OperatorSettings.from_env(environ=os.environ)
@@ -65,10 +82,15 @@ def main() -> int:
     except config.ConfigException as err:
         print(f"kubetune-operator: no cluster credentials: {err}", file=sys.stderr)
         return 2
+    try:
+        identity = report_identity(settings)
+    except TlsError as err:
+        print(f"kubetune-operator: {err}", file=sys.stderr)
+        return 2
     if settings.metrics_port:
         start_http_server(settings.metrics_port, registry=metrics.registry)
     registry = kopf.OperatorRegistry()
-    register(registry=registry, settings=settings, kube=kube, metrics=metrics)
+    register(registry=registry, settings=settings, kube=kube, metrics=metrics, identity=identity)
     kopf.run(
         registry=registry,
         identity=operator_identity(),  # type: ignore[arg-type]  # kopf.Identity, a NewType of str, is not exported

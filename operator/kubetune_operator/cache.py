@@ -8,8 +8,7 @@ race, and the tests). Cached objects are slimmed to what the plan reads, so memo
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from kubetune_operator import k8s
@@ -159,40 +158,3 @@ class ApiReader:
         path = k8s.collection_path(api_version=api_version, plural=plural, namespace=namespace)
         query = [("labelSelector", f"{FINETUNEJOB_LABEL}={ftj_name}")]
         return list(self._kube.request("GET", path, query=query).get("items") or [])
-
-
-class LogTails:
-    """The last log tail read from each trainer pod, reused by a reconcile within ``fresh_for`` seconds of the
-    read while the pod is unchanged (same resourceVersion).
-
-    Every reconcile of a running job reads rank 0's log; without this, a burst of events about one job (its
-    children and pods re-listed after a watch restart, five kinds at once) costs one pods/log request each.
-    The scheduled progress poll comes ``progress_poll_seconds`` after the read, so it always reads again.
-    """
-
-    def __init__(self, *, fresh_for: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.fresh_for = fresh_for
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._tails: dict[str, tuple[str, float, str]] = {}  # pod uid -> (resourceVersion, read at, text)
-
-    def get(self, pod: Obj) -> str | None:
-        meta = pod["metadata"]
-        with self._lock:
-            found = self._tails.get(meta["uid"])
-        if found is None:
-            return None
-        revision, read_at, text = found
-        fresh = revision == meta.get("resourceVersion") and self._clock() - read_at < self.fresh_for
-        return text if fresh else None
-
-    def __len__(self) -> int:
-        return len(self._tails)
-
-    def put(self, pod: Obj, text: str) -> None:
-        now = self._clock()
-        meta = pod["metadata"]
-        with self._lock:
-            # Tails of pods that are gone (or finished) age out here: nothing else refers to them.
-            self._tails = {uid: kept for uid, kept in self._tails.items() if now - kept[1] < self.fresh_for}
-            self._tails[meta["uid"]] = (meta.get("resourceVersion", ""), now, text)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -24,11 +25,15 @@ import kopf
 from kubetune.api.resource import GROUP, PLURAL, VERSION
 from kubetune_operator import k8s
 from kubetune_operator.builders.names import FINETUNEJOB_LABEL, child_names
-from kubetune_operator.cache import LogTails, Obj, Written, slim
+from kubetune_operator.cache import Obj, Written, slim
 from kubetune_operator.metrics import OperatorMetrics
 from kubetune_operator.reconcile import reconcile
+from kubetune_operator.report_server import ReportServer
+from kubetune_operator.reports import Ingested, JobState, ReportService, ReportStore, TokenReviewer
 from kubetune_operator.requeue import Backoff, Requeue
 from kubetune_operator.settings import OperatorSettings
+from kubetune_operator.status import TERMINAL_PHASES, parse_status
+from kubetune_operator.tls import ServingIdentity
 
 # kopf's bookkeeping lives in annotations under our own prefix: the CRD's status schema prunes unknown
 # fields, so kopf's default status.kopf storage would be silently dropped by the API server.
@@ -110,6 +115,10 @@ class IndexReader:
         if not self._indices:
             self._indices = {name: kwargs[name] for name in self.NAMES}
 
+    @property
+    def bound(self) -> bool:
+        return bool(self._indices)
+
     def _get(self, index: str, *, namespace: str, name: str) -> list[Obj]:
         store = self._indices[index].get((namespace, name))
         return list(store) if store is not None else []
@@ -142,13 +151,16 @@ def register(
     settings: OperatorSettings,
     kube: k8s.Kube,
     metrics: OperatorMetrics,
+    identity: ServingIdentity | None = None,
 ) -> Requeue:
-    """Register every handler of the operator on ``registry``; returns the scheduler of timed re-checks."""
+    """Register every handler of the operator on ``registry``; returns the scheduler of timed re-checks.
+
+    ``identity``: the report endpoint's TLS identity; None serves no reports."""
     locks = KeyedLocks()
     backoff = Backoff()
     reader = IndexReader()
-    # The scheduled poll runs progress_poll_seconds after a read: 90 % of it leaves that poll a fresh read.
-    tails = LogTails(fresh_for=0.9 * settings.progress_poll_seconds)
+    reports = ReportStore()
+    report_ca = identity.ca_pem if identity is not None and settings.report_url_base is not None else None
     operator_settings = settings
     requeue: Requeue
 
@@ -157,18 +169,28 @@ def register(
         the queue (never by kopf, whose retries would record the error in the FineTuneJob's annotations)."""
         namespace, name = key
         logger = ObjectLogger(log, key)
-        metrics.reconciles.labels(trigger=trigger).inc()
+        started = time.monotonic()
         try:
             with locks.hold(key):
                 result = reconcile(
-                    kube, reader=reader, namespace=namespace, name=name, settings=settings, logger=logger, tails=tails
+                    kube,
+                    reader=reader,
+                    namespace=namespace,
+                    name=name,
+                    settings=settings,
+                    logger=logger,
+                    reports=reports,
+                    report_ca=report_ca,
                 )
         except Exception as err:
-            metrics.reconcile_errors.labels(trigger=trigger).inc()
+            metrics.reconciles.labels(trigger=trigger, result="error").inc()
             delay = backoff.failed(key)
             logger.warning("reconcile failed (%s: %s); retrying in %ss", type(err).__name__, err, delay)
             requeue.schedule(key, after=delay)
             return
+        finally:
+            metrics.reconcile_duration.observe(time.monotonic() - started)
+        metrics.reconciles.labels(trigger=trigger, result="success").inc()
         backoff.succeeded(key)
         if result is not None:
             for obj in result.applied.written:
@@ -177,17 +199,60 @@ def register(
                 reader.written.drop(kind=kind, namespace=namespace, name=deleted_name)
         if result is None or result.deleted:
             requeue.cancel(key)
+            reports.forget(key)
             if result is not None:
-                metrics.forget(uid=result.uid)
+                metrics.forget(uid=result.uid, namespace=namespace, name=name)
             return
-        metrics.observe_phase(uid=result.uid, phase=result.phase)
+        metrics.observe_phase(uid=result.uid, namespace=namespace, name=name, phase=result.phase)
         if result.plan.status_patch is not None:
             metrics.status_writes.inc()
+            reports.wrote(key)
+            metrics.add_gpu_seconds(namespace=namespace, seconds=result.plan.gpu_seconds_added)
+            if result.plan.finished is not None:
+                phase, seconds = result.plan.finished
+                metrics.finished_job(namespace=namespace, phase=phase, seconds=seconds)
+        if result.phase in TERMINAL_PHASES:
+            reports.forget(key)
         # A plan's own re-check, or else the safety re-check (cheap: it reads the caches).
         after = result.plan.requeue_after
         requeue.schedule(key, after=settings.resync_interval_seconds if after is None else after)
 
     requeue = Requeue(callback=run, workers=settings.max_workers)
+
+    def job_state(key: tuple[str, str]) -> JobState | None:
+        if not reader.bound:
+            return None
+        ftj = reader.finetunejob(namespace=key[0], name=key[1])
+        if ftj is None:
+            return JobState(exists=False, finished=False, pods=frozenset())
+        pods = reader.pods(namespace=key[0], ftj_name=key[1])
+        return JobState(
+            exists=True,
+            finished=parse_status(ftj.get("status")).phase in TERMINAL_PHASES,
+            pods=frozenset((p["metadata"]["name"], p["metadata"]["uid"]) for p in pods),
+        )
+
+    def accepted(key: tuple[str, str], ingested: Ingested) -> None:
+        metrics.observe_progress(namespace=key[0], name=key[1], events=reports.events(key))
+        if ingested.accepted:
+            # A milestone is written at once; other progress at most every report_write_interval_seconds.
+            wait = (
+                0.0
+                if ingested.milestone
+                else reports.next_write_in(key, interval=settings.report_write_interval_seconds)
+            )
+            requeue.schedule(key, after=wait, trigger="report")
+
+    server: ReportServer | None = None
+    if identity is not None and settings.reports_port:
+        service = ReportService(
+            reviewer=TokenReviewer(kube),
+            store=reports,
+            job_state=job_state,
+            on_accepted=accepted,
+            on_result=metrics.report,
+        )
+        server = ReportServer(service=service, tls=identity.server_context(), port=settings.reports_port)
 
     def handle(*, namespace: str | None, name: str, trigger: str, kwargs: Mapping[str, Any]) -> None:
         """A watch event: queue its FineTuneJob's reconcile and return, so kopf's worker for the object ends
@@ -199,9 +264,13 @@ def register(
     @kopf.on.startup(registry=registry)
     def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_kopf(kopf_settings=settings, settings=operator_settings)
+        if server is not None:
+            server.start()
 
     @kopf.on.cleanup(registry=registry)
     def cleanup(**_: Any) -> None:
+        if server is not None:
+            server.stop()
         requeue.stop()
 
     @kopf.on.login(registry=registry)
@@ -242,8 +311,9 @@ def register(
             key = (namespace or "", name)
             locks.drop(key)
             requeue.cancel(key)
+            reports.forget(key)
             reader.written.forget(namespace=key[0], ftj_name=name)
-            metrics.forget(uid=uid)
+            metrics.forget(uid=uid, namespace=key[0], name=name)
             return
         trigger = {"ADDED": "create", "MODIFIED": "update", None: "resume"}.get(type, "update")
         handle(namespace=namespace, name=name, trigger=trigger, kwargs=kwargs)

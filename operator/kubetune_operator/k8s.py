@@ -233,12 +233,6 @@ def delete_job(kube: Kube, *, namespace: str, name: str, uid: str) -> None:
         kube.request("DELETE", path, body=body)
 
 
-def read_log_tail(kube: Kube, *, namespace: str, pod: str, container: str, lines: int, max_bytes: int) -> str:
-    path = object_path(api_version="v1", plural="pods", namespace=namespace, name=pod) + "/log"
-    query = [("container", container), ("tailLines", str(lines)), ("limitBytes", str(max_bytes))]
-    return kube.request_text(path, query=query)
-
-
 def set_job_suspend(kube: Kube, *, namespace: str, name: str, suspend: bool) -> Obj:
     path = object_path(api_version="batch/v1", plural="jobs", namespace=namespace, name=name)
     return kube.request("PATCH", path, body={"spec": {"suspend": suspend}}, content_type=MERGE_PATCH)

@@ -19,7 +19,6 @@ from kubetune.api.validation import spec_errors
 from kubetune_operator.builders import build_children
 from kubetune_operator.builders.event import EventSpec
 from kubetune_operator.builders.names import (
-    COMPLETION_INDEX_ANNOTATION,
     JOB_SPEC_HASH_ANNOTATION,
     KUEUE_QUEUE_LABEL,
     name_problems,
@@ -29,6 +28,7 @@ from kubetune_operator.status import (
     TERMINAL_PHASES,
     UNSCHEDULABLE,
     Observation,
+    account_usage,
     compute_status,
     parse_status,
     parse_time,
@@ -58,8 +58,10 @@ class Observed:
     # The trainer pods of ``job`` (not of an earlier Job of the same name).
     pods: Sequence[Obj]
     now: datetime
-    # Progress events from the log of rank 0, oldest first (empty when not read or unreadable).
+    # The latest events the trainer reported, oldest first (none yet, or the job has finished).
     trainer_events: Sequence[ProgressEvent] = ()
+    # The CA of the operator's report endpoint, for the trainer's ConfigMap (None: reports are off).
+    report_ca: str | None = None
     # Set when creating a child failed for good (its name taken by an object this FineTuneJob does not own,
     # or the API server refused it): the problem, naming the field.
     child_problem: str | None = None
@@ -111,8 +113,12 @@ class Plan:
     status_patch: dict[str, Any] | None = None
     # Posted after the status write wins (a lost race re-plans, and must not post them twice).
     events: tuple[EventSpec, ...] = field(default=())
-    # Seconds until time alone changes the plan (a pending timeout, a TTL, the next progress read).
+    # Seconds until time alone changes the plan (a pending timeout, a TTL, pods overdue).
     requeue_after: float | None = None
+    # GPU-seconds the status write adds (for the namespace's billing counter).
+    gpu_seconds_added: float = 0.0
+    # Set when this status write finishes the job: the final phase and seconds since the first start.
+    finished: tuple[Phase, float | None] | None = None
 
 
 def plan(observed: Observed, *, settings: OperatorSettings) -> Plan:
@@ -126,10 +132,10 @@ def plan(observed: Observed, *, settings: OperatorSettings) -> Plan:
         problems.append(observed.child_problem)
     if problems:
         desired = _desired(observed, previous=previous, settings=settings, problems=problems)
-        return _with_status(previous=previous, desired=desired)
+        return _with_status(observed, previous=previous, desired=desired)
     # The stored status is parsed apart (parse_status): an unreadable one must not block the spec.
     ftj = FineTuneJob.from_object({**observed.ftj, "status": {}})
-    children = build_children(ftj=ftj, settings=settings)
+    children = build_children(ftj=ftj, settings=settings, report_ca=observed.report_ca)
     job = observed.job
     existing = [child for child in (observed.config_map, observed.service, job) if child is not None]
     foreign = [child for child in existing if _foreign(child, ftj_name=meta["name"])]
@@ -137,7 +143,7 @@ def plan(observed: Observed, *, settings: OperatorSettings) -> Plan:
         kind, name = foreign[0].get("kind", "object"), foreign[0]["metadata"]["name"]
         problem = f"metadata.name: {kind} {name} already exists and is not owned by this FineTuneJob"
         desired = _desired(observed, previous=previous, settings=settings, problems=[problem])
-        return _with_status(previous=previous, desired=desired)
+        return _with_status(observed, previous=previous, desired=desired)
     if any(_controller_uid(child) not in (None, meta["uid"]) for child in existing):
         # Still controlled by a deleted FineTuneJob of this name: wait for the garbage collector.
         return Plan(phase=previous.phase, requeue_after=WAIT_FOR_GARBAGE_COLLECTION_SECONDS)
@@ -172,7 +178,9 @@ def plan(observed: Observed, *, settings: OperatorSettings) -> Plan:
         why = "the pods stayed unschedulable past the pending timeout"
         actions.append(SetJobSuspend(name=job["metadata"]["name"], suspend=True, why=why))
     requeue = _next_check(observed, desired=desired, settings=settings)
-    return _with_status(previous=previous, desired=desired, actions=actions, requeue_after=requeue)
+    return _with_status(
+        observed, previous=previous, desired=desired, actions=actions, requeue_after=requeue, gpus=_gpus(ftj)
+    )
 
 
 def _desired(
@@ -202,17 +210,38 @@ def _desired(
     )
 
 
+def _gpus(ftj: FineTuneJob) -> int:
+    return ftj.spec.resources.nodes * ftj.spec.resources.gpus_per_node
+
+
 def _with_status(
+    observed: Observed,
     *,
     previous: FineTuneJobStatus,
     desired: FineTuneJobStatus,
     actions: Sequence[Action] = (),
     requeue_after: float | None = None,
+    gpus: int = 0,
 ) -> Plan:
     patch = status_patch(previous=previous, desired=desired)
+    added = 0.0
+    if patch is not None:
+        desired, added = account_usage(previous=previous, desired=desired, now=observed.now, gpus=gpus)
+        patch = status_patch(previous=previous, desired=desired)
     events = tuple(transition_events(previous=previous, desired=desired)) if patch is not None else ()
+    finished = None
+    if desired.phase in TERMINAL_PHASES and previous.phase not in TERMINAL_PHASES:
+        end, start = desired.completion_time, desired.start_time
+        seconds = (end - start).total_seconds() if end is not None and start is not None else None
+        finished = (desired.phase, seconds)
     return Plan(
-        phase=desired.phase, actions=tuple(actions), status_patch=patch, events=events, requeue_after=requeue_after
+        phase=desired.phase,
+        actions=tuple(actions),
+        status_patch=patch,
+        events=events,
+        requeue_after=requeue_after,
+        gpu_seconds_added=added,
+        finished=finished,
     )
 
 
@@ -230,14 +259,12 @@ def _plan_finished(observed: Observed, *, previous: FineTuneJobStatus) -> Plan:
 
 
 def _next_check(observed: Observed, *, desired: FineTuneJobStatus, settings: OperatorSettings) -> float | None:
-    """Seconds until time alone could change the plan: a pending timeout expiring, or progress to read."""
+    """Seconds until time alone could change the plan: a pending timeout expiring, pods overdue."""
     waits: list[float] = []
     if desired.phase == "Pending":
         timeout = timedelta(seconds=settings.pending_timeout_seconds)
         for since in _unschedulable_since(observed.pods):
             waits.append(max((since + timeout - observed.now).total_seconds(), 0.0) + 1.0)
-    if desired.phase == "Running" and settings.progress_log_lines and rank0_pod(observed.pods) is not None:
-        waits.append(settings.progress_poll_seconds)
     waiting = _waiting_for_pods_since(observed.job, pods=observed.pods) if observed.job is not None else None
     if waiting is not None:
         # Refused pod creations change no Job or pod, so no watch event says when they stop.
@@ -276,19 +303,6 @@ def _unschedulable_since(pods: Sequence[Obj]) -> list[datetime]:
                 if since is not None:
                     out.append(since)
     return out
-
-
-def rank0_pod(pods: Sequence[Obj]) -> Obj | None:
-    """The newest started pod of completion index 0: the rank whose log carries the progress events."""
-    started = [
-        p
-        for p in pods
-        if (p["metadata"].get("annotations") or {}).get(COMPLETION_INDEX_ANNOTATION) == "0"
-        and (p.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed")
-    ]
-    if not started:
-        return None
-    return max(started, key=lambda p: str(p["metadata"].get("creationTimestamp") or ""))
 
 
 def _controller_uid(obj: Obj) -> str | None:

@@ -1,8 +1,8 @@
-"""Pure: the trainer's progress events (from rank 0's log) folded into status.progress/metrics/output.
+"""Pure: the trainer's reported events folded into status.progress, metrics, checkpoints and output.
 
-The trainer prints one ``KUBETUNE_EVENT {json}`` line per event (``kubetune.api.progress``). The operator
-reads the tail of the log of the pod with completion index 0; fields an event in the tail does not
-mention keep their previous values, so a short tail never erases what an earlier reconcile saw.
+Rank 0 pushes its events (``kubetune.api.progress``) to the operator, which keeps the latest few per job
+(``reports.ReportStore``). Fields the events do not mention keep their previous values, so an operator
+that restarted and has heard only the newest events never erases what the status already holds.
 """
 
 from __future__ import annotations
@@ -11,32 +11,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from pydantic import ValidationError
-
 from kubetune.api.progress import (
-    EVENT_LINE_PREFIX,
+    CheckpointSavedEvent,
     EvalEvent,
     FinishedEvent,
     ProgressEvent,
     StartedEvent,
     StepEvent,
-    parse_event,
 )
-from kubetune.api.status import Metrics, OutputStatus, Progress
+from kubetune.api.status import CheckpointStatus, Metrics, OutputStatus, Progress
 
-
-def events_from_log(text: str) -> list[ProgressEvent]:
-    """Every well-formed event line of a log, in order; other lines (and torn ones) are skipped."""
-    events = []
-    for line in text.splitlines():
-        start = line.find(EVENT_LINE_PREFIX)
-        if start < 0:
-            continue
-        try:
-            events.append(parse_event(line[start:]))
-        except ValidationError:
-            continue
-    return events
+# status.checkpoints keeps this many, the newest.
+CHECKPOINTS_KEPT = 5
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,6 +30,7 @@ class Reported:
     progress: Progress | None
     metrics: Metrics | None
     output: OutputStatus | None
+    checkpoints: list[CheckpointStatus]
 
 
 def _eta_seconds(steps: Sequence[StepEvent], total: int | None) -> int | None:
@@ -57,16 +44,32 @@ def _eta_seconds(steps: Sequence[StepEvent], total: int | None) -> int | None:
     return max(0, round((total - last.step) * elapsed / (last.step - first.step)))
 
 
+def human_duration(seconds: int) -> str:
+    """4m10s, 1h02m, 3d04h: two units at most, as kubectl prints ages."""
+    minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
 def fold_events(
     events: Sequence[ProgressEvent],
     *,
     progress: Progress | None,
     metrics: Metrics | None,
     output: OutputStatus | None,
+    checkpoints: Sequence[CheckpointStatus] = (),
 ) -> Reported:
-    """The previous progress, metrics and output, updated by the events (oldest first)."""
+    """The previous progress, metrics, output and checkpoints, updated by the events (oldest first)."""
+    kept = list(checkpoints)
     if not events:
-        return Reported(progress=progress, metrics=metrics, output=output)
+        return Reported(progress=progress, metrics=metrics, output=output, checkpoints=kept)
     p = (progress or Progress()).model_dump()
     m = (metrics or Metrics()).model_dump()
     steps = [e for e in events if isinstance(e, StepEvent)]
@@ -85,6 +88,12 @@ def fold_events(
             )
         elif isinstance(event, EvalEvent):
             m.update(eval_loss=event.eval_loss, perplexity=event.perplexity)
+        elif isinstance(event, CheckpointSavedEvent):
+            if not any(c.uri == event.uri and c.step == event.step for c in kept):
+                saved = CheckpointStatus(
+                    step=event.step, uri=event.uri, time=event.time, train_loss=m["loss"], eval_loss=m["eval_loss"]
+                )
+                kept = [*kept, saved][-CHECKPOINTS_KEPT:]
         elif isinstance(event, FinishedEvent):
             p.update(step=event.step)
             m.update(trained_tokens=event.trained_tokens)
@@ -96,6 +105,12 @@ def fold_events(
     total = p.get("total_steps")
     if total:
         p["percent"] = f"{min(100, p['step'] * 100 // total)}%"
-    p["eta_seconds"] = _eta_seconds(steps, total)
+    eta = _eta_seconds(steps, total)
+    if eta is not None or steps:
+        # A pace needs two steps: a single new step (or a finished run) leaves no estimate.
+        p["eta_seconds"] = eta
+        p["eta"] = None if eta is None else human_duration(eta)
+    if isinstance(events[-1], FinishedEvent):
+        p["eta_seconds"], p["eta"] = 0, human_duration(0)
     p["updated_at"] = updated_at
-    return Reported(progress=Progress(**p), metrics=Metrics(**m), output=output)
+    return Reported(progress=Progress(**p), metrics=Metrics(**m), output=output, checkpoints=kept)

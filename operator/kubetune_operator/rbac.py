@@ -34,8 +34,8 @@ RULES: tuple[PolicyRule, ...] = (
     PolicyRule(api_groups=("batch",), resources=("jobs",), verbs=("get", "list", "watch", "create", "patch", "delete")),
     # Trainer pods are only observed (exit codes, scheduling failures).
     PolicyRule(api_groups=("",), resources=("pods",), verbs=("get", "list", "watch")),
-    # Rank 0's log carries the trainer's progress events (status.progress, status.metrics).
-    PolicyRule(api_groups=("",), resources=("pods/log",), verbs=("get",)),
+    # Progress reports carry the reporting pod's token; the API server reviews it (reports.TokenReviewer).
+    PolicyRule(api_groups=("authentication.k8s.io",), resources=("tokenreviews",), verbs=("create",)),
     # The trainer config and the rendezvous Service: created once, adopted by patch after a restart, and
     # watched (only those carrying the FineTuneJob label: a server-side selector) for the operator's cache.
     PolicyRule(

@@ -1,9 +1,10 @@
 """One reconcile of one FineTuneJob: observe, plan, act.
 
-**observe** reads the FineTuneJob, its children and its pods (from the watch caches: no request), and rank
-0's log tail while it trains; **plan** (``kubetune_operator.plan``, pure) decides; **act** applies the
-plan's actions and writes the status once, only when it changed, guarded by the resourceVersion it was
-computed from. Every trigger runs the same function, so the result depends only on the cluster's state.
+**observe** reads the FineTuneJob, its children and its pods (from the watch caches: no request), and the
+latest events its trainer reported (from the in-memory report store); **plan** (``kubetune_operator.plan``,
+pure) decides; **act** applies the plan's actions and writes the status once, only when it changed, guarded
+by the resourceVersion it was computed from. Every trigger runs the same function, so the result depends
+only on the cluster's state and the reports.
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from kubetune.api.progress import ProgressEvent
 from kubetune.api.status import Phase
 from kubetune_operator import k8s
 from kubetune_operator.builders.event import EventSpec
-from kubetune_operator.builders.names import TRAINER_CONTAINER, child_names
-from kubetune_operator.cache import ApiReader, LogTails, Obj, Reader
+from kubetune_operator.builders.names import child_names
+from kubetune_operator.cache import ApiReader, Obj, Reader
 from kubetune_operator.errors import (
     ApiError,
     BadRequest,
@@ -40,9 +40,8 @@ from kubetune_operator.plan import (
     SetJobSuspend,
     plan,
     pods_overdue,
-    rank0_pod,
 )
-from kubetune_operator.progress import events_from_log
+from kubetune_operator.reports import ReportStore
 from kubetune_operator.settings import OperatorSettings
 from kubetune_operator.status import TERMINAL_PHASES, now_utc, parse_status
 
@@ -51,8 +50,6 @@ Logger = logging.Logger | logging.LoggerAdapter[Any]
 # A status write loses a race (409) when someone changed the FineTuneJob since it was read; re-reading and
 # re-planning is always correct, and more than a few lost races in a row means something else is wrong.
 MAX_ATTEMPTS = 4
-# A log tail is a few hundred short JSON lines; the cap guards against a trainer printing huge lines.
-LOG_TAIL_MAX_BYTES = 512 * 1024
 # The Job controller's label on each pod: the uid of the Job that owns it.
 CONTROLLER_UID_LABEL = "batch.kubernetes.io/controller-uid"
 
@@ -89,7 +86,8 @@ def reconcile(
     settings: OperatorSettings,
     logger: Logger,
     clock: Callable[[], datetime] = now_utc,
-    tails: LogTails | None = None,
+    reports: ReportStore | None = None,
+    report_ca: str | None = None,
 ) -> Result | None:
     """Observe, plan, act until the status write wins; ``None`` when the FineTuneJob no longer exists or its
     namespace is being deleted."""
@@ -98,14 +96,7 @@ def reconcile(
         # After a lost race the cache may not hold the winner's write yet: read the API server instead.
         source = reader if attempt == 1 else ApiReader(kube)
         observed = observe(
-            kube,
-            reader=source,
-            namespace=namespace,
-            name=name,
-            settings=settings,
-            logger=logger,
-            now=clock(),
-            tails=tails,
+            kube, reader=source, namespace=namespace, name=name, now=clock(), reports=reports, report_ca=report_ca
         )
         if observed is None:
             return None
@@ -134,10 +125,9 @@ def observe(
     reader: Reader,
     namespace: str,
     name: str,
-    settings: OperatorSettings,
-    logger: Logger,
     now: datetime,
-    tails: LogTails | None = None,
+    reports: ReportStore | None = None,
+    report_ca: str | None = None,
 ) -> Observed | None:
     ftj = reader.finetunejob(namespace=namespace, name=name)
     if ftj is None or ftj["metadata"].get("deletionTimestamp"):
@@ -164,37 +154,10 @@ def observe(
         job=job,
         pods=pods,
         now=now,
-        trainer_events=()
-        if finished
-        else _trainer_events(kube, pods=pods, settings=settings, logger=logger, tails=tails),
+        trainer_events=reports.events((namespace, name)) if reports is not None and not finished else (),
         pod_creation_failures=failures,
+        report_ca=report_ca,
     )
-
-
-def _trainer_events(
-    kube: k8s.Kube, *, pods: list[Obj], settings: OperatorSettings, logger: Logger, tails: LogTails | None
-) -> list[ProgressEvent]:
-    pod = rank0_pod(pods)
-    if pod is None or not settings.progress_log_lines:
-        return []
-    cached = tails.get(pod) if tails is not None else None
-    if cached is not None:
-        return events_from_log(cached)
-    try:
-        text = k8s.read_log_tail(
-            kube,
-            namespace=pod["metadata"]["namespace"],
-            pod=pod["metadata"]["name"],
-            container=TRAINER_CONTAINER,
-            lines=settings.progress_log_lines,
-            max_bytes=LOG_TAIL_MAX_BYTES,
-        )
-    except ApiError as err:  # no kubelet to ask (yet), or the node is gone: progress just stays put
-        logger.debug("no log from %s: %s", pod["metadata"]["name"], err)
-        text = ""  # remembered as well: asking again within the poll interval would fail the same way
-    if tails is not None:
-        tails.put(pod, text)
-    return events_from_log(text)
 
 
 def act(kube: k8s.Kube, *, ftj: Obj, planned: Plan, now: datetime, logger: Logger) -> Applied:

@@ -60,14 +60,6 @@ class OperatorSettings(BaseModel):
             "this only bounds the damage of a bug; it reads the watch caches and costs no request."
         ),
     )
-    progress_poll_seconds: float = Field(
-        default=30.0,
-        gt=0,
-        description=(
-            "Seconds between reads of a running job's rank-0 log tail for progress (one pods/log request "
-            "each). Pod and Job changes are picked up at once; this only refreshes status.progress."
-        ),
-    )
     run_as_user: int = Field(default=1000, ge=1, description="UID of the trainer (non-root, restricted PSS).")
     run_as_group: int = Field(default=1000, ge=1, description="GID of the trainer.")
     fs_group: int = Field(default=1000, ge=1, description="Group owning mounted volumes, so PVCs are writable.")
@@ -79,21 +71,50 @@ class OperatorSettings(BaseModel):
             "reach pods only where the platform team allows it. The test cluster sets its kwok hook here."
         ),
     )
-    progress_log_lines: int = Field(
-        default=200,
-        ge=0,
-        le=10000,
-        description=(
-            "Lines of rank 0's log read per reconcile for the trainer's progress events (status.progress "
-            "and status.metrics); 0 turns progress reporting off. The trainer prints one event per step."
-        ),
-    )
     namespaces: tuple[str, ...] = Field(default=(), description="Namespaces to watch; empty means the whole cluster.")
     metrics_port: int = Field(
         default=8080, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 disables it."
     )
     health_port: int = Field(
         default=8081, ge=0, le=65535, description="Port of the liveness endpoint (/healthz); 0 disables it."
+    )
+    reports_port: int = Field(
+        default=8443,
+        ge=0,
+        le=65535,
+        description="Port of the HTTPS endpoint trainers push their progress reports to; 0 disables it.",
+    )
+    report_url_base: str | None = Field(
+        default=None,
+        pattern=r"^https://[^/?#]+$",
+        max_length=512,
+        description=(
+            "https://host:port at which trainer pods reach the report endpoint (the chart sets the operator's "
+            "Service). Unset: pods get no report address, and status.progress stays empty."
+        ),
+    )
+    report_cert_hosts: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            "More DNS names or IP addresses for the certificate the operator makes for its report endpoint "
+            "(the host of report_url_base is always in it)."
+        ),
+    )
+    reports_tls_dir: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "Directory with tls.crt, tls.key and ca.crt for the report endpoint (e.g. a cert-manager Secret). "
+            "Unset: the operator makes a CA and a certificate at start-up, in memory."
+        ),
+    )
+    report_write_interval_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description=(
+            "Least seconds between two status writes of one job caused by progress reports; milestones "
+            "(started, checkpoint, eval, finished, failed) are written at once."
+        ),
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Level of the operator's log (kopf's and the handlers')."

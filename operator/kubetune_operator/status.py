@@ -83,7 +83,7 @@ class Observation:
     nodes: int
     suspend_requested: bool
     pending_timeout: timedelta
-    # Progress events from the log of rank 0, oldest first (empty when the log could not be read).
+    # The latest events the trainer reported, oldest first.
     trainer_events: Sequence[ProgressEvent] = ()
     # Messages of the Job controller's FailedCreate events for the Job, oldest first: why it has no pods
     # (a ResourceQuota, a LimitRange, an admission webhook, Pod Security admission).
@@ -314,7 +314,11 @@ def compute_status(obs: Observation) -> FineTuneJobStatus:
         return previous
     outcome = _outcome(obs)
     reported = fold_events(
-        obs.trainer_events, progress=previous.progress, metrics=previous.metrics, output=previous.output
+        obs.trainer_events,
+        progress=previous.progress,
+        metrics=previous.metrics,
+        output=previous.output,
+        checkpoints=previous.checkpoints,
     )
     return FineTuneJobStatus(
         phase=outcome.phase,
@@ -327,6 +331,36 @@ def compute_status(obs: Observation) -> FineTuneJobStatus:
         metrics=reported.metrics,
         failure=outcome.failure,
         output=reported.output,
+        checkpoints=reported.checkpoints,
+        trained_tokens=reported.metrics.trained_tokens if reported.metrics is not None else previous.trained_tokens,
+        gpu_seconds=previous.gpu_seconds,
+        gpu_seconds_updated_at=previous.gpu_seconds_updated_at,
+    )
+
+
+def account_usage(
+    *, previous: FineTuneJobStatus, desired: FineTuneJobStatus, now: datetime, gpus: int
+) -> tuple[FineTuneJobStatus, float]:
+    """``desired`` with the GPU-seconds since the last accounting added, and how many were added.
+
+    Called only for a status that is written anyway: accounting alone never causes a write, so an idle
+    running job costs no writes, and the time since the last write is added at the next one (at the
+    latest when the job finishes). Time counts while the previous status said Running.
+    """
+    added = 0.0
+    since = previous.gpu_seconds_updated_at
+    if previous.phase == "Running" and since is not None:
+        added = max(0.0, (now - since).total_seconds()) * gpus
+    running = previous.phase == "Running" or desired.phase == "Running"
+    total = (previous.gpu_seconds or 0.0) + added
+    return (
+        desired.model_copy(
+            update={
+                "gpu_seconds": round(total, 3) if running or previous.gpu_seconds is not None else None,
+                "gpu_seconds_updated_at": now if running else previous.gpu_seconds_updated_at,
+            }
+        ),
+        added,
     )
 
 
@@ -342,11 +376,31 @@ def status_patch(*, previous: FineTuneJobStatus, desired: FineTuneJobStatus) -> 
     return patch
 
 
+def _milestone_events(*, previous: FineTuneJobStatus, desired: FineTuneJobStatus) -> list[EventSpec]:
+    """The trainer's milestones, one Event each at most per status write (so at most one a few seconds)."""
+    events = []
+    known = {(c.step, c.uri) for c in previous.checkpoints}
+    new = [c for c in desired.checkpoints if (c.step, c.uri) not in known]
+    if new:
+        events.append(EventSpec(type="Normal", reason="CheckpointSaved", message=f"step {new[-1].step}: {new[-1].uri}"))
+    before = previous.metrics.eval_loss if previous.metrics is not None else None
+    after = desired.metrics.eval_loss if desired.metrics is not None else None
+    if after is not None and after != before:
+        step = desired.progress.step if desired.progress is not None else 0
+        events.append(EventSpec(type="Normal", reason="EvalCompleted", message=f"eval loss {after:.4g} at step {step}"))
+    if desired.output is not None and previous.output is None:
+        events.append(
+            EventSpec(type="Normal", reason="TrainingFinished", message=f"output written to {desired.output.uri}")
+        )
+    return events
+
+
 def transition_events(*, previous: FineTuneJobStatus, desired: FineTuneJobStatus) -> list[EventSpec]:
     """The Kubernetes Events a status change deserves: milestones and failures, each once."""
     events: list[EventSpec] = []
     if desired.start_time is not None and previous.start_time is None:
         events.append(EventSpec(type="Normal", reason="TrainingStarted", message="the trainer pods are running"))
+    events.extend(_milestone_events(previous=previous, desired=desired))
     if desired.phase == previous.phase:
         return events
     if desired.phase == "Suspended":

@@ -24,9 +24,10 @@ class Children:
         return [self.config_map, self.service, self.job]
 
 
-def build_children(*, ftj: FineTuneJob, settings: OperatorSettings) -> Children:
+def build_children(*, ftj: FineTuneJob, settings: OperatorSettings, report_ca: str | None = None) -> Children:
+    """``report_ca``: the PEM CA of the operator's report endpoint, for the pods to trust (None: no reports)."""
     return Children(
-        config_map=build_config_map(ftj=ftj),
+        config_map=build_config_map(ftj=ftj, report_ca=report_ca),
         service=build_service(ftj=ftj, settings=settings),
         job=build_job(ftj=ftj, settings=settings),
     )

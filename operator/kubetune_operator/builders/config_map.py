@@ -1,4 +1,4 @@
-"""The ConfigMap holding the trainer's resolved config file."""
+"""The ConfigMap holding the trainer's resolved config file, and the CA of the operator's report endpoint."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from kubetune.api.resource import FineTuneJob
 from kubetune.api.trainer_config import CONFIG_FILE_NAME, RunIdentity, TrainerConfig
-from kubetune_operator.builders.names import child_metadata, child_names
+from kubetune_operator.builders.names import REPORT_CA_FILE_NAME, child_metadata, child_names
 
 
 def trainer_config(*, ftj: FineTuneJob) -> TrainerConfig:
@@ -14,10 +14,14 @@ def trainer_config(*, ftj: FineTuneJob) -> TrainerConfig:
     return TrainerConfig.from_spec(ftj.spec, run=run)
 
 
-def build_config_map(*, ftj: FineTuneJob) -> dict[str, Any]:
+def build_config_map(*, ftj: FineTuneJob, report_ca: str | None = None) -> dict[str, Any]:
+    data = {CONFIG_FILE_NAME: trainer_config(ftj=ftj).to_yaml()}
+    if report_ca is not None:
+        # Mounted as a directory (not subPath), so a new CA reaches running pods within the kubelet's sync.
+        data[REPORT_CA_FILE_NAME] = report_ca
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": child_metadata(ftj=ftj, name=child_names(name=ftj.metadata.name).config_map),
-        "data": {CONFIG_FILE_NAME: trainer_config(ftj=ftj).to_yaml()},
+        "data": data,
     }

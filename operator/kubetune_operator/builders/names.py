@@ -21,6 +21,8 @@ COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 # On the Job: a digest of the Job spec the operator built it from (see builders.job.job_spec_hash).
 JOB_SPEC_HASH_ANNOTATION = "kubetune.io/job-spec-hash"
+# The report endpoint's CA, a key of the trainer's ConfigMap (so a file in the mounted config directory).
+REPORT_CA_FILE_NAME = "report-ca.crt"
 
 
 @dataclass(frozen=True, kw_only=True)

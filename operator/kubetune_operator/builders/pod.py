@@ -11,12 +11,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from kubetune.api.reports import (
+    REPORT_CA_FILE_ENV,
+    REPORT_TOKEN_FILE_ENV,
+    REPORT_URL_ENV,
+    TRAINER_METRICS_PORT,
+    TRAINER_METRICS_PORT_ENV,
+    audience,
+    report_path,
+)
 from kubetune.api.resource import FineTuneJob
 from kubetune.api.spec import FineTuneJobSpec, SecretKeyRef
 from kubetune.api.trainer_config import CONFIG_FILE_NAME, CONFIG_MOUNT_PATH
 from kubetune.api.uris import parse_uri, pvc_mount_path
 from kubetune_operator.builders.names import (
     COMPLETION_INDEX_ANNOTATION,
+    REPORT_CA_FILE_NAME,
     TRAINER_CONTAINER,
     child_labels,
     child_names,
@@ -34,6 +44,11 @@ SCRATCH_VOLUME = "tmp"
 SCRATCH_DIR = "/tmp"
 # Downloads (hf://, s3://) and GGUF conversions; the trainer reads the path from KUBETUNE_CACHE_DIR.
 CACHE_DIR = "/var/cache/kubetune"
+REPORT_TOKEN_VOLUME = "report-token"
+REPORT_TOKEN_DIR = "/var/run/secrets/kubetune.io/report"
+# The kubelet refreshes a projected token at 80 % of its life; an hour is the API server's usual maximum
+# for tokens with a custom audience and keeps a stolen token short-lived.
+REPORT_TOKEN_SECONDS = 3600
 
 
 def master_addr(*, ftj: FineTuneJob) -> str:
@@ -85,7 +100,15 @@ def _env(*, ftj: FineTuneJob, settings: OperatorSettings) -> list[dict[str, Any]
         {"name": "KUBETUNE_CACHE_DIR", "value": CACHE_DIR},
         {"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"},
         {"name": "HOME", "value": SCRATCH_DIR},
+        {"name": TRAINER_METRICS_PORT_ENV, "value": str(TRAINER_METRICS_PORT)},
     ]
+    if settings.report_url_base is not None:
+        url = settings.report_url_base + report_path(namespace=ftj.metadata.namespace, name=ftj.metadata.name)
+        env += [
+            {"name": REPORT_URL_ENV, "value": url},
+            {"name": REPORT_TOKEN_FILE_ENV, "value": f"{REPORT_TOKEN_DIR}/token"},
+            {"name": REPORT_CA_FILE_ENV, "value": f"{CONFIG_MOUNT_PATH}/{REPORT_CA_FILE_NAME}"},
+        ]
     if spec.resources.gpus_per_node == 0:
         # A pod without a GPU limit on a GPU node still sees every GPU there (the trainer image's
         # pytorch/pytorch base sets NVIDIA_VISIBLE_DEVICES=all); hiding them keeps a CPU job off GPUs
@@ -128,7 +151,9 @@ def claim_mounts(*, spec: FineTuneJobSpec) -> list[ClaimMount]:
     return [ClaimMount(claim=claim, read_only=ro) for claim, ro in claims.items()]
 
 
-def _volumes_and_mounts(*, ftj: FineTuneJob) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _volumes_and_mounts(
+    *, ftj: FineTuneJob, settings: OperatorSettings
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     volumes: list[dict[str, Any]] = [
         {"name": CONFIG_VOLUME, "configMap": {"name": child_names(name=ftj.metadata.name).config_map}},
         # The node's ephemeral storage rather than the container's writable layer.
@@ -151,6 +176,16 @@ def _volumes_and_mounts(*, ftj: FineTuneJob) -> tuple[list[dict[str, Any]], list
     if shm is not None:
         volumes.append({"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": shm}})
         mounts.append({"name": SHM_VOLUME, "mountPath": "/dev/shm"})
+    if settings.report_url_base is not None:
+        # A token only the report endpoint accepts: its audience names this FineTuneJob, it is bound to the
+        # pod (void once the pod is gone), and the pod gets no token for the API server itself.
+        token = {
+            "path": "token",
+            "audience": audience(namespace=ftj.metadata.namespace, name=ftj.metadata.name),
+            "expirationSeconds": REPORT_TOKEN_SECONDS,
+        }
+        volumes.append({"name": REPORT_TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": token}]}})
+        mounts.append({"name": REPORT_TOKEN_VOLUME, "mountPath": REPORT_TOKEN_DIR, "readOnly": True})
     return volumes, mounts
 
 
@@ -213,14 +248,17 @@ def _node_selector(*, spec: FineTuneJobSpec) -> dict[str, str]:
 
 def build_pod_template(*, ftj: FineTuneJob, settings: OperatorSettings) -> dict[str, Any]:
     spec = ftj.spec
-    volumes, mounts = _volumes_and_mounts(ftj=ftj)
+    volumes, mounts = _volumes_and_mounts(ftj=ftj, settings=settings)
     container: dict[str, Any] = {
         "name": TRAINER_CONTAINER,
         "image": spec.trainer.image or settings.trainer_image,
         "imagePullPolicy": spec.trainer.image_pull_policy or settings.trainer_image_pull_policy,
         "command": trainer_command(),
         "env": _env(ftj=ftj, settings=settings),
-        "ports": [{"name": "rendezvous", "containerPort": settings.master_port}],
+        "ports": [
+            {"name": "rendezvous", "containerPort": settings.master_port},
+            {"name": "metrics", "containerPort": TRAINER_METRICS_PORT},
+        ],
         "resources": _resources(spec=spec),
         "volumeMounts": mounts,
         "securityContext": _container_security_context(settings=settings),

@@ -171,6 +171,7 @@ PRINTER_COLUMNS: list[Schema] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Lifecycle phase."},
     {"name": "Progress", "type": "string", "jsonPath": ".status.progress.percent", "description": "Steps done."},
     {"name": "Loss", "type": "number", "jsonPath": ".status.metrics.loss", "description": "Training loss."},
+    {"name": "ETA", "type": "string", "jsonPath": ".status.progress.eta", "description": "Time left, estimated."},
     {"name": "Method", "type": "string", "jsonPath": ".spec.method.type", "priority": 1},
     {"name": "Model", "type": "string", "jsonPath": ".spec.model.source", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

@@ -52,6 +52,7 @@ class Progress(ApiModel):
     epoch: float | None = Field(default=None, ge=0, description="Fractional epoch.")
     percent: str | None = Field(default=None, description="step/totalSteps as a percentage, e.g. 42%.")
     eta_seconds: int | None = Field(default=None, ge=0, description="Estimated seconds to finish.")
+    eta: str | None = Field(default=None, description="etaSeconds for people, e.g. 1h02m or 4m10s.")
     updated_at: datetime | None = Field(default=None, description="When the trainer last reported.")
 
 
@@ -64,6 +65,16 @@ class Metrics(ApiModel):
     learning_rate: float | None = Field(default=None, description="Current learning rate.")
     tokens_per_second: float | None = Field(default=None, description="Trained tokens per second.")
     trained_tokens: int | None = Field(default=None, ge=0, description="Tokens trained on so far.")
+
+
+class CheckpointStatus(ApiModel):
+    """One checkpoint the trainer wrote (the newest few are kept in status.checkpoints)."""
+
+    step: int = Field(ge=0, description="Optimizer steps done when it was written.")
+    uri: str = Field(description="Where the checkpoint is.")
+    time: datetime = Field(description="When the trainer reported it.")
+    train_loss: float | None = Field(default=None, description="Training loss of the last step before it.")
+    eval_loss: float | None = Field(default=None, description="Validation loss of the last evaluation before it.")
 
 
 class OutputStatus(ApiModel):
@@ -87,3 +98,13 @@ class FineTuneJobStatus(ApiModel):
     metrics: Metrics | None = Field(default=None, description="Latest metrics.")
     failure: Failure | None = Field(default=None, description="Why the job failed.")
     output: OutputStatus | None = Field(default=None, description="The output artifact, once written.")
+    checkpoints: list[CheckpointStatus] = Field(
+        default_factory=list, max_length=5, description="The newest checkpoints, oldest first (at most 5)."
+    )
+    trained_tokens: int | None = Field(default=None, ge=0, description="Non-padding tokens trained on so far.")
+    gpu_seconds: float | None = Field(
+        default=None,
+        ge=0,
+        description="GPUs times seconds the trainer pods have run (for billing), as of gpuSecondsUpdatedAt.",
+    )
+    gpu_seconds_updated_at: datetime | None = Field(default=None, description="When gpuSeconds was last added to.")

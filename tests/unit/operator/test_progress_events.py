@@ -1,22 +1,20 @@
-"""The trainer's progress events, read from rank 0's log, fill status.progress, metrics and output."""
+"""The trainer's reported events fill status.progress, metrics, checkpoints and output."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from kubetune_operator.progress import events_from_log, fold_events
+from kubetune_operator.progress import fold_events, human_duration
 from kubetune_operator.status import Observation, compute_status
 
 from kubetune.api.progress import (
-    EVENT_LINE_PREFIX,
+    CheckpointSavedEvent,
     EvalEvent,
     FinishedEvent,
     ProgressEvent,
-    StartedEvent,
     StepEvent,
-    event_to_json,
 )
-from kubetune.api.status import FineTuneJobStatus, Metrics, Progress
+from kubetune.api.status import CheckpointStatus, FineTuneJobStatus, Metrics, Progress
 
 T0 = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
 
@@ -34,27 +32,13 @@ def step(n: int, *, at: datetime, loss: float = 2.0) -> StepEvent:
     )
 
 
-def log_of(*events: ProgressEvent) -> str:
-    lines = ["INFO loading model", "Traceback-looking noise"]
-    lines += [f"2026-11-23 INFO {EVENT_LINE_PREFIX}{event_to_json(e)}" for e in events]
-    lines.append(f"{EVENT_LINE_PREFIX}{{not json")
-    return "\n".join(lines)
-
-
-def test_event_lines_are_picked_out_of_mixed_log_output_and_torn_lines_skipped() -> None:
-    text = log_of(
-        StartedEvent(time=T0, total_steps=100, epochs=2, world_size=1, train_examples=10, validation_examples=0)
-    )
-    (event,) = events_from_log(text)
-    assert isinstance(event, StartedEvent) and event.total_steps == 100
-
-
 def test_step_events_set_progress_percent_eta_and_metrics() -> None:
-    events = events_from_log(log_of(step(10, at=T0), step(20, at=T0 + timedelta(seconds=50), loss=1.5)))
+    events = [step(10, at=T0), step(20, at=T0 + timedelta(seconds=50), loss=1.5)]
     reported = fold_events(events, progress=None, metrics=None, output=None)
     assert reported.progress is not None and reported.metrics is not None
     assert (reported.progress.step, reported.progress.total_steps, reported.progress.percent) == (20, 100, "20%")
     assert reported.progress.eta_seconds == 400  # 80 steps left at 5 s per step
+    assert reported.progress.eta == "6m40s"
     assert reported.progress.updated_at == T0 + timedelta(seconds=50)
     assert reported.metrics.loss == 1.5 and reported.metrics.trained_tokens == 20000
     assert reported.output is None
@@ -85,6 +69,7 @@ def test_eval_and_finished_events_record_eval_loss_and_the_output_artifact() -> 
     ]
     reported = fold_events(events, progress=None, metrics=None, output=None)
     assert reported.progress is not None and reported.progress.percent == "100%"
+    assert (reported.progress.eta_seconds, reported.progress.eta) == (0, "0s")
     assert reported.metrics is not None and reported.metrics.eval_loss == 1.2 and reported.metrics.perplexity == 3.3
     assert reported.output is not None
     assert (reported.output.uri, reported.output.merged) == ("s3://outputs/run-1", True)
@@ -110,3 +95,33 @@ def test_status_computation_carries_the_reported_progress() -> None:
     assert status.phase == "Running"
     assert status.progress is not None and status.progress.step == 5
     assert status.metrics is not None and status.metrics.loss == 2.0
+
+
+def checkpoint(n: int, *, at: datetime) -> CheckpointSavedEvent:
+    return CheckpointSavedEvent(time=at, step=n, uri=f"pvc://outputs/run/checkpoints/step-{n}", reason="periodic")
+
+
+def test_checkpoints_keep_the_newest_five_with_the_losses_known_when_they_were_written() -> None:
+    events: list[ProgressEvent] = []
+    for n in range(1, 8):
+        at = T0 + timedelta(seconds=10 * n)
+        events += [step(n * 10, at=at, loss=3.0 - n / 10), checkpoint(n * 10, at=at + timedelta(seconds=1))]
+        if n == 4:
+            events.append(EvalEvent(time=at + timedelta(seconds=2), step=40, eval_loss=2.5, perplexity=12.2))
+    reported = fold_events(events, progress=None, metrics=None, output=None)
+    assert [c.step for c in reported.checkpoints] == [30, 40, 50, 60, 70]
+    by_step = {c.step: c for c in reported.checkpoints}
+    assert by_step[30].train_loss == 2.7 and by_step[30].eval_loss is None
+    assert by_step[50].train_loss == 2.5 and by_step[50].eval_loss == 2.5
+    again = fold_events(events[-2:], progress=None, metrics=None, output=None, checkpoints=reported.checkpoints)
+    assert again.checkpoints == reported.checkpoints  # a re-sent checkpoint is not listed twice
+
+
+def test_an_earlier_checkpoint_in_the_status_survives_an_operator_that_only_heard_new_events() -> None:
+    kept = [CheckpointStatus(step=10, uri="pvc://outputs/run/checkpoints/step-10", time=T0)]
+    reported = fold_events([checkpoint(20, at=T0)], progress=None, metrics=None, output=None, checkpoints=kept)
+    assert [c.step for c in reported.checkpoints] == [10, 20]
+
+
+def test_durations_read_like_kubectl_ages() -> None:
+    assert [human_duration(s) for s in (0, 59, 250, 3720, 90000)] == ["0s", "59s", "4m10s", "1h02m", "1d01h"]

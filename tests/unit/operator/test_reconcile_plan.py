@@ -30,7 +30,7 @@ from kubetune.api.resource import FineTuneJob
 
 T0 = datetime(2026, 11, 29, 9, 0, 0, tzinfo=UTC)
 UID = "ftj-uid-1"
-SETTINGS = OperatorSettings(pending_timeout_seconds=600, progress_poll_seconds=30)
+SETTINGS = OperatorSettings(pending_timeout_seconds=600)
 CAMEL_CASE = re.compile(r"^[A-Z][A-Za-z0-9]*$")
 
 
@@ -245,20 +245,13 @@ def test_a_pending_pod_is_looked_at_again_when_its_timeout_expires_and_then_the_
     assert expired.status_patch is not None and expired.status_patch["failure"]["reason"] == "Unschedulable"
 
 
-def test_a_running_job_is_looked_at_again_to_read_progress_and_never_otherwise() -> None:
+def test_a_running_job_is_not_looked_at_again_on_a_timer_progress_comes_as_reports() -> None:
     obj = ftj()
     config_map, service, job = children_of(obj)
     running = plan(
         observed(obj, config_map=config_map, service=service, job=job, pods=[pod("Running")]), settings=SETTINGS
     )
-    assert running.phase == "Running" and running.requeue_after == SETTINGS.progress_poll_seconds
-    quiet = OperatorSettings(progress_log_lines=0)
-    assert (
-        plan(
-            observed(obj, config_map=config_map, service=service, job=job, pods=[pod("Running")]), settings=quiet
-        ).requeue_after
-        is None
-    )
+    assert running.phase == "Running" and running.requeue_after is None
 
 
 def test_a_finished_job_waits_for_its_ttl_then_deletes_itself_and_otherwise_does_nothing() -> None:

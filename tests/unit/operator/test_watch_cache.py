@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubetune_operator.cache import LogTails, Written, slim
+from kubetune_operator.cache import Written, slim
 
 
 def obj(kind: str, name: str, rv: str, **extra: Any) -> dict[str, Any]:
@@ -60,30 +60,3 @@ def test_a_newer_cached_object_wins_and_deleted_objects_are_forgotten() -> None:
     written.forget(namespace="ns", ftj_name="demo")
     assert written.newer(None, kind="Job", namespace="ns", name="demo-train") is None
     assert written.newer(None, kind="ConfigMap", namespace="ns", name="demo-config") is None
-
-
-def _pod(uid: str, revision: str) -> dict[str, Any]:
-    return {"metadata": {"uid": uid, "resourceVersion": revision}}
-
-
-def test_a_log_tail_is_reused_only_while_fresh_and_the_pod_unchanged() -> None:
-    now = [100.0]
-    tails = LogTails(fresh_for=27.0, clock=lambda: now[0])
-    assert tails.get(_pod("a", "1")) is None
-    tails.put(_pod("a", "1"), "step 3")
-    now[0] += 26.0
-    assert tails.get(_pod("a", "1")) == "step 3"
-    assert tails.get(_pod("a", "2")) is None, "the pod changed (a container ended): read again"
-    assert tails.get(_pod("b", "1")) is None
-    now[0] += 1.0
-    assert tails.get(_pod("a", "1")) is None, "the scheduled poll, a poll interval later, reads again"
-
-
-def test_tails_of_pods_no_longer_read_are_dropped() -> None:
-    now = [0.0]
-    tails = LogTails(fresh_for=10.0, clock=lambda: now[0])
-    for uid in ("a", "b", "c"):
-        tails.put(_pod(uid, "1"), uid)
-    now[0] = 11.0
-    tails.put(_pod("d", "1"), "d")
-    assert len(tails) == 1 and tails.get(_pod("d", "1")) == "d"
