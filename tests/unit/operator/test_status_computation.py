@@ -7,6 +7,7 @@ from typing import Any
 
 from kubetune_operator.status import (
     Observation,
+    account_usage,
     compute_status,
     job_failure,
     parse_status,
@@ -14,7 +15,7 @@ from kubetune_operator.status import (
     transition_events,
 )
 
-from kubetune.api.status import FineTuneJobStatus
+from kubetune.api.status import CheckpointStatus, FineTuneJobStatus, Metrics, OutputStatus, Progress
 
 T0 = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
 
@@ -280,3 +281,37 @@ def test_failures_raise_a_warning_event_with_the_failure_reason() -> None:
     invalid = observe(problems=["spec.method.rank: must be >= 1"])
     (event,) = transition_events(previous=FineTuneJobStatus(), desired=invalid)
     assert (event.type, event.reason) == ("Warning", "InvalidSpec") and "spec.method.rank" in event.message
+
+
+def test_gpu_seconds_add_the_running_time_since_the_last_write_times_the_gpus() -> None:
+    pending = FineTuneJobStatus(phase="Pending")
+    running, added = account_usage(previous=pending, desired=FineTuneJobStatus(phase="Running"), now=T0, gpus=8)
+    assert (running.gpu_seconds, running.gpu_seconds_updated_at, added) == (0.0, T0, 0.0)
+    later = T0 + timedelta(seconds=90)
+    still, added = account_usage(previous=running, desired=running, now=later, gpus=8)
+    assert (still.gpu_seconds, still.gpu_seconds_updated_at, added) == (720.0, later, 720.0)
+    done, added = account_usage(
+        previous=still, desired=FineTuneJobStatus(phase="Succeeded"), now=later + timedelta(seconds=10), gpus=8
+    )
+    assert (done.gpu_seconds, added) == (800.0, 80.0)
+    after, added = account_usage(previous=done, desired=done, now=later + timedelta(hours=1), gpus=8)
+    assert (after.gpu_seconds, added) == (800.0, 0.0), "a finished job accrues nothing"
+
+
+def test_checkpoint_eval_and_output_each_post_one_event() -> None:
+    before = FineTuneJobStatus(phase="Running", start_time=T0, metrics=Metrics(eval_loss=2.0))
+    after = before.model_copy(
+        update={
+            "checkpoints": [CheckpointStatus(step=20, uri="pvc://o/run/checkpoints/step-20", time=T0)],
+            "metrics": Metrics(eval_loss=1.5),
+            "progress": Progress(step=20),
+            "output": OutputStatus(uri="pvc://o/run"),
+        }
+    )
+    events = transition_events(previous=before, desired=after)
+    assert [(e.reason, e.message) for e in events] == [
+        ("CheckpointSaved", "step 20: pvc://o/run/checkpoints/step-20"),
+        ("EvalCompleted", "eval loss 1.5 at step 20"),
+        ("TrainingFinished", "output written to pvc://o/run"),
+    ]
+    assert transition_events(previous=after, desired=after) == []
