@@ -1,9 +1,9 @@
 """The whole contract between operator and trainer, without a cluster.
 
 A FineTuneJob with pvc:// URIs → the operator's ConfigMap → the file the pod mounts → the trainer's CLI
-with the claims laid out as the pod mounts them → an artifact, and event lines the operator folds into
-``status.progress``, ``status.metrics`` and ``status.output``. A field renamed on one side only, or a
-path resolved differently, breaks this test.
+with the claims laid out as the pod mounts them → an artifact, and events (pushed to the operator, and
+printed as the lines checked here) the operator folds into ``status.progress``, ``status.metrics`` and
+``status.output``. A field renamed on one side only, or a path resolved differently, breaks this test.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 from kubetune_operator.builders.config_map import build_config_map
-from kubetune_operator.progress import events_from_log, fold_events
+from kubetune_operator.progress import fold_events
 from kubetune_trainer.cli import main as trainer_main
 
 from kubetune.api.exit_codes import ExitCode
+from kubetune.api.progress import EVENT_LINE_PREFIX, parse_event
 from kubetune.api.resource import FineTuneJob
 from kubetune.api.trainer_config import CONFIG_FILE_NAME, load_trainer_config
 
@@ -74,7 +75,13 @@ def test_operator_config_runs_the_trainer_and_its_events_become_status(
     manifest = json.loads((output_dir / "manifest.json").read_text(encoding="utf-8"))
     assert manifest, "the artifact's manifest is written last and must exist after a successful run"
 
-    reported = fold_events(events_from_log(log), progress=None, metrics=None, output=None)
+    # The events the trainer also pushes to the operator, as printed on stdout for `kubectl logs`.
+    events = [
+        parse_event(line.removeprefix(EVENT_LINE_PREFIX))
+        for line in log.splitlines()
+        if line.startswith(EVENT_LINE_PREFIX)
+    ]
+    reported = fold_events(events, progress=None, metrics=None, output=None)
     assert reported.progress is not None and reported.progress.step == 3
     assert reported.progress.total_steps == 3 and reported.progress.percent == "100%"
     assert reported.metrics is not None and reported.metrics.loss is not None
