@@ -11,16 +11,19 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
+from typing import TextIO
 
 from kubetune.api.exit_codes import ExitCode, reason_for_exit_code
 from kubetune.api.progress import FailedEvent, StoppedEvent
 from kubetune.api.trainer_config import TrainerConfig, TrainerConfigError, load_trainer_config
 from kubetune.api.uris import PVC_MOUNT_ROOT
 from kubetune_trainer.launcher import record_exit_code, record_failure_message
-from kubetune_trainer.reporting import JsonLinesReporter, Reporter
+from kubetune_trainer.push import PushReporter, PushSettings, PushSettingsError
+from kubetune_trainer.reporting import JsonLinesReporter, Reporter, TeeReporter
 from kubetune_trainer.signals import StopRequest
+from kubetune_trainer.trainer_metrics import MetricsReporter, MetricsSettingsError, metrics_port_from_env
 
 log = logging.getLogger("kubetune_trainer")
 
@@ -65,16 +68,52 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _train(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     is_main = int(os.environ.get("RANK", "0")) == 0
-    reporter = JsonLinesReporter(
-        stream=None if args.no_stdout_events or not is_main else sys.stdout,
-        path=args.events_file if is_main else None,
+    reporter = build_reporter(
+        stdout=None if args.no_stdout_events else sys.stdout,
+        events_file=args.events_file,
+        is_main=is_main,
+        environ=os.environ,
     )
+    # Closing flushes the pushed events (the final one included) on every way out, a crash too.
     try:
-        config = load_trainer_config(args.config)
-    except TrainerConfigError as err:
-        return _fail(reporter, ExitCode.BAD_CONFIG, str(err))
-    cache_dir = Path(os.environ.get(CACHE_DIR_ENV) or tempfile.mkdtemp(prefix="kubetune-cache-"))
-    return run(config, reporter=reporter, cache_dir=cache_dir, pvc_root=args.pvc_root, threads=args.threads)
+        try:
+            config = load_trainer_config(args.config)
+        except TrainerConfigError as err:
+            return _fail(reporter, ExitCode.BAD_CONFIG, str(err))
+        cache_dir = Path(os.environ.get(CACHE_DIR_ENV) or tempfile.mkdtemp(prefix="kubetune-cache-"))
+        return run(config, reporter=reporter, cache_dir=cache_dir, pvc_root=args.pvc_root, threads=args.threads)
+    finally:
+        reporter.close()
+
+
+def build_reporter(
+    *, stdout: TextIO | None, events_file: Path | None, is_main: bool, environ: Mapping[str, str]
+) -> Reporter:
+    """Rank 0: JSON lines (stdout, ``events_file``), ``/metrics`` and, when configured, the push to the
+    operator. Other ranks: a JSON-lines reporter that writes nowhere.
+
+    A bad metrics port or report URL is logged and that reporter left out: reporting never stops training.
+    """
+    lines = JsonLinesReporter(stream=stdout if is_main else None, path=events_file if is_main else None)
+    if not is_main:
+        return lines
+    reporters: list[Reporter] = [lines]
+    metrics = MetricsReporter()
+    try:
+        port = metrics_port_from_env(environ)
+        if port is not None:
+            metrics.serve(port)
+    except (MetricsSettingsError, OSError) as err:
+        log.error("the trainer's /metrics is not served: %s", err)
+    reporters.append(metrics)
+    try:
+        push = PushSettings.from_env(environ)
+    except PushSettingsError as err:
+        log.error("progress events are not pushed to the operator: %s", err)
+        push = None
+    if push is not None:
+        reporters.append(PushReporter(push))
+    return TeeReporter(reporters)
 
 
 def run(

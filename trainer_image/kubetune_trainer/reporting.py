@@ -1,13 +1,16 @@
-"""Where progress events go: a small :class:`Reporter` protocol and a JSON-lines implementation.
+"""Where progress events go: a small :class:`Reporter` protocol, a JSON-lines implementation and a tee.
 
 Only rank 0 reports (the loop hands other ranks a :class:`NullReporter`), so a consumer sees one stream
-per run however many processes train.
+per run however many processes train. Rank 0 tees its events to stdout, its ``/metrics``
+(:mod:`kubetune_trainer.trainer_metrics`) and the operator (:mod:`kubetune_trainer.push`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, TextIO
 
@@ -18,6 +21,9 @@ class Reporter(Protocol):
     def emit(self, event: ProgressEvent) -> None: ...
 
     def close(self) -> None: ...
+
+
+log = logging.getLogger(__name__)
 
 
 class NullReporter:
@@ -70,3 +76,40 @@ class RecordingReporter:
 
     def close(self) -> None:
         return None
+
+
+class TeeReporter:
+    """Forwards every event to several reporters, in order; one that raises never stops the others.
+
+    A reporter's first failure is logged with its traceback and later ones are only counted
+    (:attr:`failures`), so a broken reporter cannot flood the log or stop training. :meth:`close` closes
+    each reporter once, however often it is called.
+    """
+
+    def __init__(self, reporters: Sequence[Reporter]) -> None:
+        self._reporters = tuple(reporters)
+        self.failures = [0] * len(self._reporters)
+        self._closed = False
+
+    def emit(self, event: ProgressEvent) -> None:
+        for index, reporter in enumerate(self._reporters):
+            try:
+                reporter.emit(event)
+            except Exception:
+                self._failed(index, "emit")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for index, reporter in enumerate(self._reporters):
+            try:
+                reporter.close()
+            except Exception:
+                self._failed(index, "close")
+
+    def _failed(self, index: int, method: str) -> None:
+        self.failures[index] += 1
+        if self.failures[index] == 1:
+            name = type(self._reporters[index]).__name__
+            log.exception("%s.%s failed; events still go to the other reporters", name, method)
