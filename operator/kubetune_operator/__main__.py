@@ -15,10 +15,11 @@ from kubernetes import client, config
 from prometheus_client import start_http_server
 
 from kubetune_operator import k8s
+from kubetune_operator.errors import ApiError
 from kubetune_operator.handlers import register
 from kubetune_operator.metrics import OperatorMetrics
 from kubetune_operator.settings import OperatorSettings, SettingsError
-from kubetune_operator.tls import ServingIdentity, TlsError, load_identity, make_identity
+from kubetune_operator.tls import ServingIdentity, TlsError, issue, load_identity, make_ca, stored_ca
 
 
 def api_client(*, connections: int) -> client.ApiClient:
@@ -55,8 +56,9 @@ def peering_priority(*, started_at: float) -> int:
     return -int(started_at * 1000)
 
 
-def report_identity(settings: OperatorSettings) -> ServingIdentity | None:
-    """The report endpoint's certificate: the given one, or one made now for the report address's host."""
+def report_identity(settings: OperatorSettings, *, kube: k8s.Kube) -> ServingIdentity | None:
+    """The report endpoint's certificate: the given one, or one issued now for the report address's host by
+    the CA kept in ``reports_ca_secret`` (or by a CA made now)."""
     if not settings.reports_port:
         return None
     if settings.reports_tls_dir is not None:
@@ -66,7 +68,12 @@ def report_identity(settings: OperatorSettings) -> ServingIdentity | None:
         host = urllib.parse.urlsplit(settings.report_url_base).hostname
         if host:
             hosts.insert(0, host)
-    return make_identity(hosts=tuple(dict.fromkeys(hosts or ["localhost"])))
+    if settings.reports_ca_secret is not None:
+        namespace, _, name = settings.reports_ca_secret.partition("/")
+        ca = stored_ca(kube, namespace=namespace, name=name)
+    else:
+        ca = make_ca()
+    return issue(ca, hosts=tuple(dict.fromkeys(hosts or ["localhost"])))
 
 
 def main() -> int:
@@ -83,8 +90,8 @@ def main() -> int:
         print(f"kubetune-operator: no cluster credentials: {err}", file=sys.stderr)
         return 2
     try:
-        identity = report_identity(settings)
-    except TlsError as err:
+        identity = report_identity(settings, kube=kube)
+    except (TlsError, ApiError) as err:
         print(f"kubetune-operator: {err}", file=sys.stderr)
         return 2
     if settings.metrics_port:

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 
 class ApiError(Exception):
-    """An API call failed; ``status`` is the HTTP status (0 when the server was not reached)."""
+    """An API call failed; ``status`` is the HTTP status (0 when the server was not reached), ``causes`` the
+    reasons of the API server's ``details.causes`` (e.g. FieldValueRequired for each refused field)."""
 
-    def __init__(self, *, status: int, reason: str, message: str) -> None:
+    def __init__(self, *, status: int, reason: str, message: str, causes: tuple[str, ...] = ()) -> None:
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        self.causes = causes
 
 
 class BadRequest(ApiError):
@@ -63,12 +65,12 @@ _BY_STATUS: dict[int, type[ApiError]] = {
 def api_error(*, status: int, reason: str, message: str, causes: tuple[str, ...] = ()) -> ApiError:
     """The typed error for an HTTP status and the ``details.causes[].reason`` of the API server's Status."""
     if status == 403 and "NamespaceTerminating" in causes:
-        return NamespaceTerminating(status=status, reason=reason, message=message)
+        return NamespaceTerminating(status=status, reason=reason, message=message, causes=causes)
     if status in _BY_STATUS:
-        return _BY_STATUS[status](status=status, reason=reason, message=message)
+        return _BY_STATUS[status](status=status, reason=reason, message=message, causes=causes)
     if status == 0 or status == 429 or status >= 500:
-        return Transient(status=status, reason=reason, message=message)
-    return ApiError(status=status, reason=reason, message=message)
+        return Transient(status=status, reason=reason, message=message, causes=causes)
+    return ApiError(status=status, reason=reason, message=message, causes=causes)
 
 
 class ChildProblem(Exception):

@@ -238,6 +238,39 @@ def set_job_suspend(kube: Kube, *, namespace: str, name: str, suspend: bool) -> 
     return kube.request("PATCH", path, body={"spec": {"suspend": suspend}}, content_type=MERGE_PATCH)
 
 
+def status_guard(value: Any, *, pointer: str) -> list[dict[str, Any]]:
+    """JSON Patch ``test`` ops that pass only while the stored value is still ``value``.
+
+    The API server compares numbers in a ``test`` by their text, and Go writes a float such as 1.6e-08 as
+    ``1.6e-8`` (Python: ``1.6e-08``) and 2e-05 as ``0.00002``: a status holding such a number would fail its
+    own test forever. A part without such numbers is tested whole; a part with one is tested member by
+    member, and the number itself is left out (its siblings, among them the time of the last report,
+    still change with every write).
+    """
+    if not _has_exponent_float(value):
+        return [{"op": "test", "path": pointer, "value": value}]
+    if isinstance(value, Mapping):
+        items: list[tuple[str, Any]] = [(str(k), v) for k, v in value.items()]
+    elif isinstance(value, list):
+        items = [(str(i), v) for i, v in enumerate(value)]
+    else:
+        return []
+    ops: list[dict[str, Any]] = []
+    for key, child in items:
+        ops += status_guard(child, pointer=f"{pointer}/{key.replace('~', '~0').replace('/', '~1')}")
+    return ops
+
+
+def _has_exponent_float(value: Any) -> bool:
+    if isinstance(value, float):
+        return "e" in repr(value) or "inf" in repr(value) or "nan" in repr(value)
+    if isinstance(value, Mapping):
+        return any(_has_exponent_float(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_exponent_float(v) for v in value)
+    return False
+
+
 def patch_finetunejob_status(
     kube: Kube,
     *,
@@ -257,14 +290,17 @@ def patch_finetunejob_status(
     path = finetunejob_path(namespace=namespace, name=name) + "/status"
     desired = {key: value for key, value in {**(previous or {}), **status}.items() if value is not None}
     guard = (
-        {"op": "test", "path": "/status", "value": dict(previous)}
+        status_guard(previous, pointer="/status")
         if previous
-        else {"op": "test", "path": "/metadata/uid", "value": uid}  # no status yet: only we write one
+        else [{"op": "test", "path": "/metadata/uid", "value": uid}]  # no status yet: only we write one
     )
-    ops = [guard, {"op": "add", "path": "/status", "value": desired}]  # add replaces an existing member
+    ops = [*guard, {"op": "add", "path": "/status", "value": desired}]  # add replaces an existing member
     try:
         return kube.request("PATCH", path, body=ops, content_type=JSON_PATCH)
-    except Invalid as err:  # the test op failed: someone else's status is there now
+    except Invalid as err:
+        if err.causes:  # the schema refused the status itself (the causes name the fields)
+            raise
+        # A failed test op (no causes): someone else's status is there now.
         raise Conflict(status=409, reason="Conflict", message=f"the status changed meanwhile: {err.message}") from err
 
 

@@ -17,9 +17,17 @@ class PolicyRule:
     api_groups: tuple[str, ...]
     resources: tuple[str, ...]
     verbs: tuple[str, ...]
+    resource_names: tuple[str, ...] = ()
 
     def to_wire(self) -> dict[str, Any]:
-        return {"apiGroups": list(self.api_groups), "resources": list(self.resources), "verbs": list(self.verbs)}
+        wire: dict[str, Any] = {
+            "apiGroups": list(self.api_groups),
+            "resources": list(self.resources),
+            "verbs": list(self.verbs),
+        }
+        if self.resource_names:
+            wire["resourceNames"] = list(self.resource_names)
+        return wire
 
 
 RULES: tuple[PolicyRule, ...] = (
@@ -51,6 +59,26 @@ RULES: tuple[PolicyRule, ...] = (
         api_groups=("apiextensions.k8s.io",), resources=("customresourcedefinitions",), verbs=("get", "list", "watch")
     ),
 )
+
+
+# In the operator's own namespace only (a Role): the Secret keeping the report endpoint's CA, read (by name)
+# at every start and created by the first replica that finds none (tls.stored_ca). create cannot be
+# limited to a name.
+def namespace_rules(*, ca_secret: str) -> tuple[PolicyRule, ...]:
+    return (
+        PolicyRule(api_groups=("",), resources=("secrets",), verbs=("get",), resource_names=(ca_secret,)),
+        PolicyRule(api_groups=("",), resources=("secrets",), verbs=("create",)),
+    )
+
+
+def role(*, name: str, namespace: str, ca_secret: str) -> dict[str, Any]:
+    """The Role manifest granting :func:`namespace_rules` in the operator's namespace."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": name, "namespace": namespace},
+        "rules": [rule.to_wire() for rule in namespace_rules(ca_secret=ca_secret)],
+    }
 
 
 def cluster_role(*, name: str) -> dict[str, Any]:

@@ -108,6 +108,15 @@ class OperatorSettings(BaseModel):
             "Unset: the operator makes a CA and a certificate at start-up, in memory."
         ),
     )
+    reports_ca_secret: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description=(
+            "namespace/name of the Secret holding the report endpoint's CA (made there when missing), so "
+            "the CA that trainer pods trust survives restarts and is shared by replicas. Unset (and no "
+            "reports_tls_dir): a CA made in memory at every start. The chart sets its release's Secret."
+        ),
+    )
     report_write_interval_seconds: float = Field(
         default=5.0,
         ge=0,

@@ -1,15 +1,17 @@
-"""The report endpoint's TLS identity: a certificate given by the platform, or one the operator makes.
+"""The report endpoint's TLS identity: a certificate given by the platform, or one the operator issues.
 
 Trainer pods trust whatever CA the operator puts in their ConfigMap (``report-ca.crt``), so no cluster-wide
 trust store is involved. Given a directory holding ``tls.crt``, ``tls.key`` and ``ca.crt`` (a
-cert-manager Secret mounted as files), the operator serves that. Without one it makes a CA and a serving
-certificate at start-up, in memory: a restarted operator has a new CA, re-writes every running job's
-ConfigMap with it, the kubelet updates the mounted file within about a minute, and the trainer re-reads
-it when a handshake fails; reports sent meanwhile are retried, never lost.
+cert-manager Secret mounted as files), the operator serves that. Otherwise it keeps its own CA in a Secret
+of its namespace (made by the first replica that finds none) and issues itself a serving certificate at
+every start: the CA, which running pods trust, outlives restarts and is the same for every replica. A CA
+made in memory (no Secret configured) changes at every start; running jobs' ConfigMaps are re-written with
+it and the kubelet updates the mounted file within about a minute, while the trainer keeps retrying.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime
 import ipaddress
 import ssl
@@ -22,8 +24,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-# The made certificate outlives any training run; the operator makes a new one at every start.
+from kubetune_operator import k8s
+from kubetune_operator.errors import Conflict
+
+# A serving certificate outlives any training run; the operator issues a new one at every start.
 VALIDITY = datetime.timedelta(days=365)
+# The CA is what running pods trust: ten years, so it never expires under a job.
+CA_VALIDITY = datetime.timedelta(days=3650)
 
 
 class TlsError(ValueError):
@@ -59,19 +66,28 @@ def load_identity(directory: Path) -> ServingIdentity:
     return ServingIdentity(ca_pem=texts["ca.crt"], cert_pem=texts["tls.crt"], key_pem=texts["tls.key"])
 
 
-def make_identity(*, hosts: tuple[str, ...], now: datetime.datetime | None = None) -> ServingIdentity:
-    """A new CA and a certificate signed by it for ``hosts`` (DNS names or IP addresses)."""
+@dataclass(frozen=True, kw_only=True)
+class CertificateAuthority:
+    cert_pem: str
+    key_pem: str
+
+
+# Keys of the Secret holding the operator's own CA.
+CA_CERT_KEY, CA_KEY_KEY = "ca.crt", "ca.key"
+
+
+def make_ca(*, now: datetime.datetime | None = None) -> CertificateAuthority:
     start = (now or datetime.datetime.now(datetime.UTC)) - datetime.timedelta(minutes=5)  # clock skew
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubetune reports CA")])
-    ca = (
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubetune reports CA")])
+    cert = (
         x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
-        .not_valid_after(start + VALIDITY)
+        .not_valid_after(start + CA_VALIDITY)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -87,8 +103,18 @@ def make_identity(*, hosts: tuple[str, ...], now: datetime.datetime | None = Non
             ),
             critical=True,
         )
-        .sign(ca_key, hashes.SHA256())
+        .sign(key, hashes.SHA256())
     )
+    return CertificateAuthority(cert_pem=_pem(cert), key_pem=_key_pem(key))
+
+
+def issue(ca: CertificateAuthority, *, hosts: tuple[str, ...], now: datetime.datetime | None = None) -> ServingIdentity:
+    """A serving certificate for ``hosts`` (DNS names or IP addresses), signed by ``ca``."""
+    start = (now or datetime.datetime.now(datetime.UTC)) - datetime.timedelta(minutes=5)
+    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem.encode("ascii"))
+    ca_key = serialization.load_pem_private_key(ca.key_pem.encode("ascii"), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise TlsError("reports TLS: the CA key is not an EC key")
     key = ec.generate_private_key(ec.SECP256R1())
     names: list[x509.GeneralName] = []
     for host in hosts:
@@ -99,19 +125,60 @@ def make_identity(*, hosts: tuple[str, ...], now: datetime.datetime | None = Non
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0] if hosts else "kubetune")]))
-        .issuer_name(ca_name)
+        .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
-        .not_valid_after(start + VALIDITY)
+        .not_valid_after(min(start + VALIDITY, ca_cert.not_valid_after_utc))
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
-    pem = serialization.Encoding.PEM
-    return ServingIdentity(
-        ca_pem=ca.public_bytes(pem).decode("ascii"),
-        cert_pem=cert.public_bytes(pem).decode("ascii"),
-        key_pem=key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode("ascii"),
-    )
+    return ServingIdentity(ca_pem=ca.cert_pem, cert_pem=_pem(cert), key_pem=_key_pem(key))
+
+
+def stored_ca(kube: k8s.Kube, *, namespace: str, name: str) -> CertificateAuthority:
+    """The CA in Secret ``namespace/name``; made and stored first when there is none (a replica that loses
+    the race to create it reads the winner's)."""
+    path = k8s.object_path(api_version="v1", plural="secrets", namespace=namespace, name=name)
+    for _ in range(2):
+        found = kube.get(path)
+        if found is not None:
+            data = found.get("data") or {}
+            try:
+                return CertificateAuthority(
+                    cert_pem=base64.b64decode(data[CA_CERT_KEY]).decode("ascii"),
+                    key_pem=base64.b64decode(data[CA_KEY_KEY]).decode("ascii"),
+                )
+            except (KeyError, ValueError) as err:
+                raise TlsError(f"reports TLS: Secret {namespace}/{name} lacks a readable {err}") from None
+        ca = make_ca()
+        secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/name": "kubetune"}},
+            "type": "Opaque",
+            "data": {
+                CA_CERT_KEY: base64.b64encode(ca.cert_pem.encode("ascii")).decode("ascii"),
+                CA_KEY_KEY: base64.b64encode(ca.key_pem.encode("ascii")).decode("ascii"),
+            },
+        }
+        try:
+            kube.request(
+                "POST", k8s.collection_path(api_version="v1", plural="secrets", namespace=namespace), body=secret
+            )
+        except Conflict:
+            continue  # another replica stored one first: read it
+        return ca
+    raise TlsError(f"reports TLS: Secret {namespace}/{name} could neither be read nor created")
+
+
+def _pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode("ascii")

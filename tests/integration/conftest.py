@@ -16,13 +16,12 @@ from idle_scenario import IdleWindow
 from kube_objects import FineTuneJobs, condition_of, ftj_collection, status_of, wait_for
 from kubetune_operator.errors import ApiError
 from kubetune_operator.k8s import Kube, collection_path, object_path
-from kubetune_operator.rbac import cluster_role
+from kubetune_operator.rbac import cluster_role, role
 from kubetune_testenv.cluster import Cluster
-from operator_harness import OperatorProcess
+from operator_harness import OPERATOR_NAMESPACE, REPORTS_CA, OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / "finetunejobs.yaml"
-OPERATOR_NAMESPACE = "kubetune-system"
 OPERATOR_ACCOUNT = "kubetune-operator"
 
 
@@ -85,6 +84,15 @@ def operator_kubeconfig(cluster: Cluster, admin: Kube) -> Path:
         "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_ACCOUNT, "namespace": OPERATOR_NAMESPACE}],
     }
     _create_or_keep(admin, f"{rbac}/clusterrolebindings", binding)
+    namespaced = f"{rbac}/namespaces/{OPERATOR_NAMESPACE}"
+    _create_or_keep(
+        admin, f"{namespaced}/roles", role(name=OPERATOR_ACCOUNT, namespace=OPERATOR_NAMESPACE, ca_secret=REPORTS_CA)
+    )
+    _create_or_keep(
+        admin,
+        f"{namespaced}/rolebindings",
+        {**binding, "roleRef": {**binding["roleRef"], "kind": "Role"}},
+    )
     return cluster.sa_kubeconfig(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT)
 
 

@@ -27,6 +27,10 @@ CHILD_KINDS = (("v1", "configmaps"), ("v1", "services"), ("batch/v1", "jobs"))
 LABELLED_KINDS = (*CHILD_KINDS, ("v1", "pods"))
 
 
+# Where the operator's own objects live (its ServiceAccount, the report endpoint's CA Secret).
+OPERATOR_NAMESPACE = "kubetune-system"
+REPORTS_CA = "kubetune-reports-ca"
+
 # Short enough for tests to watch a pending timeout expire, long enough not to fire on normal starts.
 PENDING_TIMEOUT_SECONDS = 8
 
@@ -40,6 +44,7 @@ class OperatorProcess:
         self.extra_env = dict(extra_env or {})
         self.metrics_port = free_port()
         self.health_port = free_port()
+        self.reports_port = free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
     def env(self) -> dict[str, str]:
@@ -51,6 +56,11 @@ class OperatorProcess:
             KUBETUNE_TERMINATION_GRACE_PERIOD_SECONDS="30",
             KUBETUNE_METRICS_PORT=str(self.metrics_port),
             KUBETUNE_HEALTH_PORT=str(self.health_port),
+            # Trainers in these tests run on this machine (or nowhere: kwok pods run nothing).
+            KUBETUNE_REPORTS_PORT=str(self.reports_port),
+            KUBETUNE_REPORT_URL_BASE=self.report_url_base,
+            # One CA for every operator of the session: a restarted one keeps what running trainers trust.
+            KUBETUNE_REPORTS_CA_SECRET=f"{OPERATOR_NAMESPACE}/{REPORTS_CA}",
             KUBETUNE_LOG_LEVEL="info",
             # The kwok stages' test hook (docs/testing.md): off in the operator's defaults.
             KUBETUNE_POD_ANNOTATION_PREFIXES="kubetune.test/",
@@ -60,6 +70,10 @@ class OperatorProcess:
         )
         env.update(self.extra_env)
         return env
+
+    @property
+    def report_url_base(self) -> str:
+        return f"https://127.0.0.1:{self.reports_port}"
 
     def start(self) -> None:
         log = self.log_path.open("ab")
@@ -83,6 +97,10 @@ class OperatorProcess:
         if self._process is not None and self._process.poll() is None:
             self._process.send_signal(signal.SIGKILL)
             self._process.wait(timeout=30)
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
 
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:

@@ -23,13 +23,14 @@ from kubetune_operator.k8s import Kube
 from kubetune_operator.rbac import RULES
 from kubetune_testenv.cluster import Cluster, new_api_client
 from kubetune_testenv.helm import find_helm
+from operator_harness import OPERATOR_NAMESPACE, REPORTS_CA
 
 pytestmark = pytest.mark.cluster
 
 REPO = Path(__file__).resolve().parents[2]
 RBAC = "/apis/rbac.authorization.k8s.io/v1"
 # The operator's ServiceAccount, as the operator_kubeconfig fixture (tests/integration/conftest.py) makes it.
-OPERATOR_NAMESPACE, OPERATOR_ACCOUNT = "kubetune-system", "kubetune-operator"
+OPERATOR_ACCOUNT = "kubetune-operator"
 MERGE_PATCH = "application/merge-patch+json"
 SAR = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
 OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}"
@@ -38,7 +39,9 @@ CLUSTER_SCOPED = {("", "namespaces"), ("apiextensions.k8s.io", "customresourcede
 ALL_NAMESPACES = ""
 
 
-def can(admin: Kube, user: str, *, verb: str, group: str, resource: str, namespace: str = ALL_NAMESPACES) -> bool:
+def can(
+    admin: Kube, user: str, *, verb: str, group: str, resource: str, namespace: str = ALL_NAMESPACES, name: str = ""
+) -> bool:
     """The authorizer's answer for ``user`` (a ServiceAccount: its groups are implied by its name)."""
     resource, _, subresource = resource.partition("/")
     account_namespace = user.split(":")[2]
@@ -54,6 +57,7 @@ def can(admin: Kube, user: str, *, verb: str, group: str, resource: str, namespa
                 "group": group,
                 "resource": resource,
                 "subresource": subresource,
+                "name": name,
             },
         },
     }
@@ -122,7 +126,21 @@ def test_the_operator_account_is_refused_outside_its_rules(
     admin: Kube, operator_kubeconfig: Path, namespace: str, verb: str, group: str, resource: str
 ) -> None:
     for scope in (namespace, OPERATOR_NAMESPACE, ALL_NAMESPACES):
+        if (scope, verb, resource) == (OPERATOR_NAMESPACE, "create", "secrets"):
+            continue  # the report endpoint's CA Secret (test below)
         assert not can(admin, OPERATOR_USER, verb=verb, group=group, resource=resource, namespace=scope), scope
+
+
+def test_in_its_own_namespace_the_operator_reads_only_its_ca_secret_and_may_create_it(
+    admin: Kube, operator_kubeconfig: Path
+) -> None:
+    def allowed(verb: str, name: str = "") -> bool:
+        return can(
+            admin, OPERATOR_USER, verb=verb, group="", resource="secrets", namespace=OPERATOR_NAMESPACE, name=name
+        )
+
+    assert allowed("get", REPORTS_CA) and allowed("create")
+    assert not allowed("get", "some-other-secret") and not allowed("list") and not allowed("update", REPORTS_CA)
 
 
 def test_the_operator_cannot_read_secrets_nor_grant_itself_more(

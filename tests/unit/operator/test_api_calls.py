@@ -35,3 +35,17 @@ def test_events_point_at_the_finetunejob_and_cap_the_message() -> None:
     assert len(event["message"]) == 1024
     assert event["firstTimestamp"] == event["lastTimestamp"] == "2026-01-02T03:04:05Z"
     assert event["metadata"] == {"generateName": "demo.", "namespace": "ns"}
+
+
+def test_the_status_guard_tests_whole_parts_and_leaves_out_numbers_go_prints_differently() -> None:
+    from kubetune_operator.k8s import status_guard
+
+    previous = {"phase": "Running", "metrics": {"loss": 2.5, "learningRate": 2e-05}, "conditions": [{"type": "A"}]}
+    ops = status_guard(previous, pointer="/status")
+    assert {"op": "test", "path": "/status/phase", "value": "Running"} in ops
+    assert {"op": "test", "path": "/status/metrics/loss", "value": 2.5} in ops
+    assert {"op": "test", "path": "/status/conditions", "value": [{"type": "A"}]} in ops
+    assert not any(op["path"] == "/status/metrics/learningRate" for op in ops)
+    assert status_guard({"phase": "Running"}, pointer="/status") == [
+        {"op": "test", "path": "/status", "value": {"phase": "Running"}}
+    ]
