@@ -58,3 +58,46 @@ app.kubernetes.io/part-of: kubetune
 {{- printf "%s:%s" $repo $tag -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The Service trainers send progress reports to. */}}
+{{- define "kubetune.reportsServiceName" -}}
+{{- printf "%s-reports" (include "kubetune.fullname" .) -}}
+{{- end -}}
+
+{{/*
+The base URL of the report endpoint, https://<service>.<namespace>.svc:<port>. The operator hands it to each
+trainer, and its host is the name the endpoint's TLS certificate must carry.
+*/}}
+{{- define "kubetune.reportsURL" -}}
+{{- printf "https://%s.%s.svc:%d" (include "kubetune.reportsServiceName" .) .Release.Namespace (int .Values.reports.port) -}}
+{{- end -}}
+
+{{/*
+Trainer pods, as a LabelSelector's fields: the operator labels every trainer pod with
+kubetune.io/finetunejob=<job name> and app.kubernetes.io/name=kubetune-trainer
+(kubetune_operator.builders.names.child_labels). Call with (dict "extraLabels" ...) or (dict).
+*/}}
+{{- define "kubetune.trainerPodSelector" -}}
+matchLabels:
+  app.kubernetes.io/name: kubetune-trainer
+  {{- with .extraLabels }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+matchExpressions:
+  - key: kubetune.io/finetunejob
+    operator: Exists
+{{- end -}}
+
+{{/* A duration of the schema's form (30s, 15m, 2h) in seconds: PromQL 2.x compares plain numbers. */}}
+{{- define "kubetune.durationSeconds" -}}
+{{- $count := regexFind "^[0-9]+" . -}}
+{{- $unit := trimPrefix $count . -}}
+{{- mul (int $count) (get (dict "s" 1 "m" 60 "h" 3600) $unit) -}}
+{{- end -}}
+
+{{/*
+The Secret holding the operator's own CA for the report endpoint (made by the operator when missing).
+*/}}
+{{- define "kubetune.reportsCASecret" -}}
+{{ include "kubetune.fullname" . }}-reports-ca
+{{- end }}

@@ -56,8 +56,12 @@ def test_every_chart_variable_is_an_operator_setting_and_every_setting_is_set(
     default_manifests: list[Manifest], render: Render
 ) -> None:
     fields = {ENV_PREFIX + name.upper() for name in OperatorSettings.model_fields}
-    with_peering = env(render({"operator": {"peering": {"enabled": True}}}))
-    rendered = {name for name in with_peering if name.startswith(ENV_PREFIX)}
+    # Peering and a given TLS Secret add the variables that are set only when they are on.
+    everything_on = env(
+        render({"operator": {"peering": {"enabled": True}}, "reports": {"tls": {"secretName": "reports-tls"}}})
+    )
+    # The CA Secret is the default; a given TLS Secret replaces it.
+    rendered = {name for name in [*everything_on, *env(default_manifests)] if name.startswith(ENV_PREFIX)}
     assert fields - rendered == set(), "operator settings the chart cannot set"
     assert rendered - fields == set(), "chart variables the operator does not read"
 
@@ -111,13 +115,13 @@ def test_values_reach_the_operator_settings(render: Render) -> None:
 def test_disabling_metrics_turns_the_endpoint_off(render: Render) -> None:
     manifests = render({"metrics": {"enabled": False}})
     assert OperatorSettings.from_env(environ=env(manifests)).metrics_port == 0
-    assert [p["name"] for p in container(manifests)["ports"]] == ["health"]
+    assert [p["name"] for p in container(manifests)["ports"]] == ["reports", "health"]
 
 
 def test_probes_use_the_health_port(default_manifests: list[Manifest]) -> None:
     c = container(default_manifests)
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert ports == {"metrics": 8080, "health": 8081}
+    assert ports == {"metrics": 8080, "reports": 8443, "health": 8081}
     for probe in ("livenessProbe", "startupProbe"):
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
 

@@ -1,4 +1,7 @@
-"""Objects behind values: metrics Service and ServiceMonitor, NetworkPolicy, kopf peering, ServiceAccount."""
+"""Objects behind values: metrics Service and ServiceMonitor, NetworkPolicy, kopf peering, ServiceAccount.
+
+The reports Service, the PodMonitor, the PrometheusRule and the dashboard: test_chart_observability.py.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,9 @@ def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(key) == value for key, value in selector.items())
 
 
-def test_default_install_has_a_metrics_service_and_nothing_optional(default_manifests: list[Manifest]) -> None:
+def test_default_install_has_metrics_and_reports_services_and_nothing_optional(
+    default_manifests: list[Manifest],
+) -> None:
     kinds = sorted(m["kind"] for m in default_manifests)
     assert kinds == [
         "ClusterRole",
@@ -22,6 +27,9 @@ def test_default_install_has_a_metrics_service_and_nothing_optional(default_mani
         "ClusterRole",
         "ClusterRoleBinding",
         "Deployment",
+        "Role",
+        "RoleBinding",
+        "Service",
         "Service",
         "ServiceAccount",
     ]
@@ -43,22 +51,26 @@ def test_service_monitor_selects_the_metrics_service(render: Render) -> None:
     assert matches(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    # Per-job series carry the FineTuneJob's namespace, which must win over the operator's.
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
 
 
 def test_disabling_metrics_drops_service_and_monitor(render: Render) -> None:
     manifests = render({"metrics": {"enabled": False, "serviceMonitor": {"enabled": True}}})
-    assert by_kind(manifests, "Service") == []
+    # Trainers still need the reports Service.
+    assert [s["metadata"]["name"] for s in by_kind(manifests, "Service")] == ["kubetune-reports"]
     assert by_kind(manifests, "ServiceMonitor") == []
 
 
-def test_network_policy_admits_only_metrics_and_health(render: Render) -> None:
+def test_network_policy_admits_only_metrics_reports_and_health(render: Render) -> None:
     scraper = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
     manifests = render({"networkPolicy": {"enabled": True, "metricsFrom": [scraper]}})
     policy = one(manifests, "NetworkPolicy")
     assert matches(policy["spec"]["podSelector"]["matchLabels"], pod_labels(manifests))
     assert policy["spec"]["policyTypes"] == ["Ingress"]
-    metrics_rule, health_rule = policy["spec"]["ingress"]
+    metrics_rule, reports_rule, health_rule = policy["spec"]["ingress"]
     assert metrics_rule == {"ports": [{"port": "metrics", "protocol": "TCP"}], "from": [scraper]}
+    assert reports_rule["ports"] == [{"port": "reports", "protocol": "TCP"}]
     assert health_rule == {"ports": [{"port": "health", "protocol": "TCP"}]}
 
 
@@ -105,4 +117,4 @@ def test_an_existing_service_account_is_used_not_created(render: Render) -> None
 def test_release_names_prefix_every_resource(render: Render) -> None:
     manifests = render({"fullnameOverride": "ft"})
     names = {m["metadata"]["name"] for m in manifests}
-    assert names == {"ft", "ft-metrics", "ft-operator", "ft-edit", "ft-view"}
+    assert names == {"ft", "ft-metrics", "ft-reports", "ft-operator", "ft-edit", "ft-view"}

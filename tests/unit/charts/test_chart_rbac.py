@@ -84,3 +84,24 @@ def test_rbac_can_be_left_to_the_platform_team(render: Render) -> None:
     manifests = render({"rbac": {"create": False, "aggregateToDefaultRoles": False}})
     assert by_kind(manifests, "ClusterRole") == []
     assert by_kind(manifests, "ClusterRoleBinding") == []
+
+
+def test_the_operator_role_in_its_namespace_grants_exactly_the_ca_secret_rules(
+    render: Render, default_manifests: list[Manifest]
+) -> None:
+    from kubetune_operator.rbac import namespace_rules
+
+    role = one(default_manifests, "Role", "kubetune-operator")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    deployment = one(default_manifests, "Deployment")
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    namespace, _, secret = env["KUBETUNE_REPORTS_CA_SECRET"].partition("/")
+    assert namespace == NAMESPACE
+    assert role["rules"] == [rule.to_wire() for rule in namespace_rules(ca_secret=secret)]
+    binding = one(default_manifests, "RoleBinding", "kubetune-operator")
+    assert binding["roleRef"]["kind"] == "Role" and binding["roleRef"]["name"] == role["metadata"]["name"]
+    # A certificate of the platform's own needs no CA Secret, so no Role either.
+    own_cert = render({"reports": {"tls": {"secretName": "reports-cert"}}})
+    assert not by_kind(own_cert, "Role")
+    own_env = one(own_cert, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert "KUBETUNE_REPORTS_CA_SECRET" not in {e["name"] for e in own_env}

@@ -62,8 +62,13 @@ def test_lint_passes_strict(helm: Path, tmp_path: Path) -> None:
         {"operator": {"watchNamespaces": ["team-a"], "peering": {"enabled": True}}, "replicaCount": 2},
         {"networkPolicy": {"enabled": True, "apiServerCIDRs": ["10.0.0.1/32"]}},
         {"metrics": {"serviceMonitor": {"enabled": True}}, "serviceAccount": {"create": False, "name": "ops"}},
+        {
+            "metrics": {"podMonitor": {"enabled": True}, "prometheusRule": {"enabled": True, "pendingFor": "2h"}},
+            "dashboards": {"enabled": True},
+            "reports": {"tls": {"secretName": "reports-tls"}},
+        },
     ],
-    ids=["peering-namespaced", "network-policy", "service-monitor-existing-sa"],
+    ids=["peering-namespaced", "network-policy", "service-monitor-existing-sa", "monitoring-reports-tls"],
 )
 def test_lint_passes_with_optional_features(helm: Path, tmp_path: Path, values: dict[str, Any]) -> None:
     result = run_helm(
@@ -94,8 +99,9 @@ def test_every_object_in_the_schema_forbids_unknown_keys() -> None:
         ({"resources": {"requests": {"cpus": "1"}}}, "additional properties 'cpus' not allowed"),
         ({"operator": {"logLevel": "verbose"}}, "at '/operator/logLevel': value must be one of"),
         ({"trainer": {"terminationGracePeriodSeconds": 5}}, "at '/trainer/terminationGracePeriodSeconds'"),
+        ({"metrics": {"prometheusRule": {"pendingFor": "30min"}}}, "at '/metrics/prometheusRule/pendingFor'"),
     ],
-    ids=["top-level", "nested", "deep", "affinity", "resources", "enum", "bound"],
+    ids=["top-level", "nested", "deep", "affinity", "resources", "enum", "bound", "duration"],
 )
 def test_schema_rejects_unknown_keys_and_bad_values(render_result: Run, values: dict[str, Any], complaint: str) -> None:
     result = render_result(values)
