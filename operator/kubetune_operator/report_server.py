@@ -71,6 +71,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(405, {"reason": "method_not_allowed", "message": "reports are POSTed"})
 
     def _answer(self, status: int, body: dict[str, Any]) -> None:
+        if status >= 500:
+            # Not ready here (e.g. a standby replica that has not listed the cluster): the trainer's next
+            # connection may reach another replica behind the Service.
+            self.close_connection = True
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
