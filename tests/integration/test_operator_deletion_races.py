@@ -16,7 +16,7 @@ from operator_harness import OperatorProcess, leftovers, metric_sum
 pytestmark = pytest.mark.cluster
 
 COUNT = 20
-RECONCILE_ERRORS = "kubetune_operator_reconcile_errors_total"
+RECONCILES = "kubetune_operator_reconciles_total"
 
 
 def test_finetunejobs_deleted_while_their_children_are_being_created_leave_nothing_behind(
@@ -26,7 +26,7 @@ def test_finetunejobs_deleted_while_their_children_are_being_created_leave_nothi
     ftjs.create("warm-up", annotations={"kubetune.test/run-for": "10m"})
     ftjs.wait_phase("warm-up", "Running", timeout=90)
     log_start = operator.log_path.stat().st_size
-    errors_before = metric_sum(operator.metrics(), RECONCILE_ERRORS)
+    errors_before = metric_sum(operator.metrics(), RECONCILES, result="error")
     names = [f"churn-{i:02d}" for i in range(COUNT)]
     # Half are deleted right after their create, so the deletion lands before or between the creations of
     # their children; the other half once the operator has begun on them, so it lands mid-reconcile or
@@ -73,4 +73,4 @@ def test_finetunejobs_deleted_while_their_children_are_being_created_leave_nothi
     assert not failures, f"{len(failures)} lines; a FineTuneJob that is gone is no failure:\n" + "\n".join(
         failures[:10]
     )
-    assert metric_sum(operator.metrics(), RECONCILE_ERRORS) == errors_before
+    assert metric_sum(operator.metrics(), RECONCILES, result="error") == errors_before

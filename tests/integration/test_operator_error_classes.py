@@ -60,7 +60,7 @@ def test_busy_and_failing_api_answers_are_retried_with_backoff_until_the_status_
     later = [a.at for a in refused if a.at - refused[0].at > 0.5]
     assert all(b - a >= 0.9 for a, b in itertools.pairwise(later)), "retries closer than the backoff allows"
     assert attempts[-1].status == 200
-    assert metric_sum(operator.metrics(), "kubetune_operator_reconcile_errors_total") == len(refused)
+    assert metric_sum(operator.metrics(), "kubetune_operator_reconciles_total", result="error") == len(refused)
 
 
 def test_an_invalid_spec_fails_once_and_is_never_retried(
@@ -81,6 +81,6 @@ def test_an_invalid_spec_fails_once_and_is_never_retried(
     time.sleep(20)
     assert [s for s in proxy.seen if "odd-affinity" in s.path] == about_it, "requests about a failed job"
     assert retry_paths(operator.metrics()) == reconciles
-    assert metric_sum(operator.metrics(), "kubetune_operator_reconcile_errors_total") == 0
+    assert metric_sum(operator.metrics(), "kubetune_operator_reconciles_total", result="error") == 0
     assert not [s for s in about_it if s.method == "POST" and "/jobs" in s.path and s.status < 300], "a Job was made"
     assert ftjs.everything("pods") == []

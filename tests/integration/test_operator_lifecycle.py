@@ -148,4 +148,4 @@ def test_operator_metrics_count_reconciles_and_finetunejobs_by_phase(ftjs: Any, 
     ftjs.wait_phase("counted", "Succeeded")
     text = operator.metrics()
     assert 'kubetune_finetunejobs{phase="Succeeded"}' in text
-    assert 'kubetune_operator_reconciles_total{trigger="pod"}' in text
+    assert 'kubetune_operator_reconciles_total{result="success",trigger="pod"}' in text

@@ -61,7 +61,8 @@ QUIET_SECONDS = 6
 TTL_CANARY_SECONDS = 30
 # The finalizer goes in one reconcile; the garbage collector takes the children in seconds.
 DELETE_SECONDS = 60
-RECONCILE_ERRORS = "kubetune_operator_reconcile_errors_total"
+# Failed reconciles: the counter of reconciles, its result="error" samples.
+RECONCILE_ERRORS = "kubetune_operator_reconciles_total"
 # The operator logs each failed reconcile with its exception's class; API trouble is retried by design,
 # anything else (an OverflowError, a KeyError) is a bug the input found.
 RECONCILE_FAILED = re.compile(r"reconcile failed \((\w+):")
@@ -647,8 +648,9 @@ def observe_until_phased(ftjs: FineTuneJobs, names: set[str], *, timeout: float)
 
 
 def counter(metrics: str, name: str) -> float:
-    """The sum of a counter's samples over all label values."""
-    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", metrics, flags=re.M))
+    """The sum of a counter's ``result="error"`` samples over all other label values."""
+    samples = re.findall(rf"^{name}{{([^}}]*)}} (\S+)$", metrics, flags=re.M)
+    return sum(float(v) for labels, v in samples if 'result="error"' in labels)
 
 
 def healthz(port: int) -> int:
