@@ -131,9 +131,16 @@ def main() -> int:
                 server.stop()
         plane.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+    # The eval gauge holds its value between evaluations: one point where it changed (an evaluation).
+    evaluated = [(s, v) for i, (s, v) in enumerate(evals) if i == 0 or v != evals[i - 1][1]]
+    window = 10
+    smoothed = [
+        (train[i][0], sum(v for _, v in train[i - window + 1 : i + 1]) / window) for i in range(window - 1, len(train))
+    ]
     figure, axes = plt.subplots(figsize=(7, 4), dpi=120)
-    axes.plot([s for s, _ in train], [v for _, v in train], label="train loss (kubetune_finetunejob_train_loss)")
-    axes.plot([s for s, _ in evals], [v for _, v in evals], "o-", label="eval loss (kubetune_finetunejob_eval_loss)")
+    axes.plot([s for s, _ in train], [v for _, v in train], alpha=0.35, label="train loss, each step")
+    axes.plot([s for s, _ in smoothed], [v for _, v in smoothed], label=f"train loss, mean of {window} steps")
+    axes.plot([s for s, _ in evaluated], [v for _, v in evaluated], "o-", label="eval loss")
     axes.set_xlabel("optimizer step (kubetune_finetunejob_step)")
     axes.set_ylabel("loss per label token")
     axes.set_title(f"SmolLM2-135M-Instruct, LoRA r=8, lamini_docs: {args.steps} steps, from Prometheus")
@@ -141,7 +148,7 @@ def main() -> int:
     axes.legend()
     figure.tight_layout()
     figure.savefig(args.out)
-    print(f"wrote {args.out}: {len(train)} train points, {len(evals)} eval points")
+    print(f"wrote {args.out}: {len(train)} train points, {len(evaluated)} evaluations")
     return 0
 
 

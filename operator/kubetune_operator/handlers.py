@@ -235,12 +235,10 @@ def register(
     def accepted(key: tuple[str, str], ingested: Ingested) -> None:
         metrics.observe_progress(namespace=key[0], name=key[1], events=reports.events(key))
         if ingested.accepted:
-            # A milestone is written at once; other progress at most every report_write_interval_seconds.
-            wait = (
-                0.0
-                if ingested.milestone
-                else reports.next_write_in(key, interval=settings.report_write_interval_seconds)
-            )
+            # A milestone is written at once; other progress at most every report_write_interval_seconds, and
+            # less often when so many jobs report that they would exceed report_writes_per_second together.
+            interval = max(settings.report_write_interval_seconds, len(reports) / settings.report_writes_per_second)
+            wait = 0.0 if ingested.milestone else reports.next_write_in(key, interval=interval)
             requeue.schedule(key, after=wait, trigger="report")
 
     server: ReportServer | None = None

@@ -117,6 +117,15 @@ class OperatorSettings(BaseModel):
             "reports_tls_dir): a CA made in memory at every start. The chart sets its release's Secret."
         ),
     )
+    report_writes_per_second: float = Field(
+        default=20.0,
+        gt=0,
+        description=(
+            "Most status writes per second that reports may cause, all jobs together: with more jobs "
+            "reporting than this times report_write_interval_seconds, each job is written less often "
+            "(200 reporting jobs at 20/s: every 10 s). Milestones are not held back."
+        ),
+    )
     report_write_interval_seconds: float = Field(
         default=5.0,
         ge=0,
