@@ -237,8 +237,13 @@ def register(
         if ingested.accepted:
             # A milestone is written at once; other progress at most every report_write_interval_seconds, and
             # less often when so many jobs report that they would exceed report_writes_per_second together.
-            interval = max(settings.report_write_interval_seconds, len(reports) / settings.report_writes_per_second)
-            wait = 0.0 if ingested.milestone else reports.next_write_in(key, interval=interval)
+            wait = 0.0
+            if not ingested.milestone:
+                wait = reports.next_write_in(
+                    key,
+                    interval=settings.report_write_interval_seconds,
+                    writes_per_second=settings.report_writes_per_second,
+                )
             requeue.schedule(key, after=wait, trigger="report")
 
     server: ReportServer | None = None

@@ -205,11 +205,14 @@ class ReportStore:
             if window is not None:
                 window.last_write = self._clock()
 
-    def next_write_in(self, key: Key, *, interval: float) -> float:
+    def next_write_in(self, key: Key, *, interval: float, writes_per_second: float = float("inf")) -> float:
+        """Seconds until a report may cause the job's next status write: ``interval`` after its last one, or
+        longer when the jobs reporting would together exceed ``writes_per_second``."""
         with self._lock:
             window = self._windows.get(key)
             last = window.last_write if window is not None else float("-inf")
-        return max(0.0, last + interval - self._clock())
+            spacing = max(interval, len(self._windows) / writes_per_second)
+        return max(0.0, last + spacing - self._clock())
 
     def forget(self, key: Key) -> None:
         with self._lock:

@@ -82,6 +82,18 @@ def test_writes_caused_by_reports_are_spaced_by_the_interval() -> None:
     assert len(store) == 0
 
 
+def test_many_reporting_jobs_share_a_budget_of_writes_per_second() -> None:
+    now = [100.0]
+    store = ReportStore(clock=lambda: now[0])
+    for i in range(199):
+        store.ingest(("ns", f"job-{i}"), [step(1, t=1)])
+    store.ingest(KEY, [step(1, t=1)])
+    store.wrote(KEY)
+    # 200 jobs at 20 writes/s: each job every 10 s, not every 5 s.
+    assert store.next_write_in(KEY, interval=5.0, writes_per_second=20.0) == pytest.approx(10.0)
+    assert store.next_write_in(KEY, interval=5.0, writes_per_second=1000.0) == pytest.approx(5.0)
+
+
 class Reviewer:
     """Stands in for the API server's TokenReview (integration tests use the real one)."""
 
