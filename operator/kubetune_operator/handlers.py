@@ -159,7 +159,9 @@ def register(
     locks = KeyedLocks()
     backoff = Backoff()
     reader = IndexReader()
-    reports = ReportStore()
+    reports = ReportStore(
+        interval=settings.report_write_interval_seconds, writes_per_second=settings.report_writes_per_second
+    )
     report_ca = identity.ca_pem if identity is not None and settings.report_url_base is not None else None
     operator_settings = settings
     requeue: Requeue
@@ -237,14 +239,7 @@ def register(
         if ingested.accepted:
             # A milestone is written at once; other progress at most every report_write_interval_seconds, and
             # less often when so many jobs report that they would exceed report_writes_per_second together.
-            wait = 0.0
-            if not ingested.milestone:
-                wait = reports.next_write_in(
-                    key,
-                    interval=settings.report_write_interval_seconds,
-                    writes_per_second=settings.report_writes_per_second,
-                )
-            requeue.schedule(key, after=wait, trigger="report")
+            requeue.schedule(key, after=reports.next_write_in(key), trigger="report")
 
     server: ReportServer | None = None
     if identity is not None and settings.reports_port:

@@ -154,7 +154,7 @@ def observe(
         job=job,
         pods=pods,
         now=now,
-        trainer_events=reports.events((namespace, name)) if reports is not None and not finished else (),
+        trainer_events=reports.view((namespace, name)) if reports is not None and not finished else (),
         pod_creation_failures=failures,
         report_ca=report_ca,
     )

@@ -159,6 +159,11 @@ class _Window:
     final: FinishedEvent | FailedEvent | StoppedEvent | None = None
     last_report: float = 0.0
     last_write: float = float("-inf")
+    # A milestone arrived since the last status write: the next reconcile writes whatever the time.
+    milestone_pending: bool = False
+    # The events the last written status was folded from, and those the latest due reconcile read.
+    written: list[ProgressEvent] = field(default_factory=list)
+    read: list[ProgressEvent] = field(default_factory=list)
 
     def events(self) -> list[ProgressEvent]:
         out: list[ProgressEvent] = [*self.steps, *self.checkpoints]
@@ -175,9 +180,24 @@ class Ingested:
 
 
 class ReportStore:
-    """The latest events of each job, thread-safe. A repeated or older event changes nothing."""
+    """The latest events of each job, thread-safe. A repeated or older event changes nothing.
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+    It also spaces the status writes that reports cause: :meth:`view` hands a reconcile the latest events
+    only when the job's write is due (``interval`` after its last one, longer when the jobs reporting would
+    together exceed ``writes_per_second``, or at once after a milestone), and otherwise the events its last
+    written status came from. So a reconcile for any other reason (the watch event of the operator's own
+    status write among them) never writes progress early.
+    """
+
+    def __init__(
+        self,
+        *,
+        interval: float = 0.0,
+        writes_per_second: float = float("inf"),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._interval = interval
+        self._writes_per_second = writes_per_second
         self._clock = clock
         self._lock = threading.Lock()
         self._windows: dict[Key, _Window] = {}
@@ -191,28 +211,46 @@ class ReportStore:
                 if _take(window, event):
                     accepted += 1
                     milestone = milestone or isinstance(event, MILESTONES)
+            window.milestone_pending = window.milestone_pending or milestone
         return Ingested(accepted=accepted, milestone=milestone)
 
     def events(self, key: Key) -> list[ProgressEvent]:
+        """The latest events of the job, oldest first."""
         with self._lock:
             window = self._windows.get(key)
             return window.events() if window is not None else []
 
+    def view(self, key: Key) -> list[ProgressEvent]:
+        """The events a reconcile folds into the status: the latest when a write is due, else those of the
+        last written status."""
+        with self._lock:
+            window = self._windows.get(key)
+            if window is None:
+                return []
+            due = window.milestone_pending or self._clock() >= window.last_write + self._spacing()
+            # Reconciles of one job take turns, so the last view is the one a following write came from.
+            window.read = window.events() if due else window.written
+            return list(window.read)
+
     def wrote(self, key: Key) -> None:
-        """The job's status was just written (rate-limits the next write caused by reports)."""
+        """The job's status was just written, from the events its reconcile last viewed."""
         with self._lock:
             window = self._windows.get(key)
             if window is not None:
                 window.last_write = self._clock()
+                window.written = window.read
+                window.milestone_pending = False
 
-    def next_write_in(self, key: Key, *, interval: float, writes_per_second: float = float("inf")) -> float:
-        """Seconds until a report may cause the job's next status write: ``interval`` after its last one, or
-        longer when the jobs reporting would together exceed ``writes_per_second``."""
+    def next_write_in(self, key: Key) -> float:
+        """Seconds until the job's next status write for progress is due (0 after a milestone)."""
         with self._lock:
             window = self._windows.get(key)
-            last = window.last_write if window is not None else float("-inf")
-            spacing = max(interval, len(self._windows) / writes_per_second)
-        return max(0.0, last + spacing - self._clock())
+            if window is None or window.milestone_pending:
+                return 0.0
+            return max(0.0, window.last_write + self._spacing() - self._clock())
+
+    def _spacing(self) -> float:
+        return max(self._interval, len(self._windows) / self._writes_per_second)
 
     def forget(self, key: Key) -> None:
         with self._lock:

@@ -70,28 +70,50 @@ def test_a_restart_from_a_checkpoint_starts_the_step_window_again() -> None:
     assert steps == [40, 41]
 
 
-def test_writes_caused_by_reports_are_spaced_by_the_interval() -> None:
+def test_a_reconcile_sees_new_progress_only_when_a_write_is_due() -> None:
     now = [100.0]
-    store = ReportStore(clock=lambda: now[0])
+    store = ReportStore(interval=5.0, clock=lambda: now[0])
     store.ingest(KEY, [step(1, t=1)])
-    assert store.next_write_in(KEY, interval=5.0) == 0.0
+    assert store.next_write_in(KEY) == 0.0
+    assert [e.step for e in store.view(KEY)] == [1]
     store.wrote(KEY)
     now[0] = 102.0
-    assert store.next_write_in(KEY, interval=5.0) == pytest.approx(3.0)
+    store.ingest(KEY, [step(2, t=2)])
+    assert store.next_write_in(KEY) == pytest.approx(3.0)
+    # Any reconcile before then (e.g. the watch event of that very write) folds what was written last.
+    assert [e.step for e in store.view(KEY)] == [1]
+    now[0] = 105.0
+    assert [e.step for e in store.view(KEY)] == [1, 2]
+    store.wrote(KEY)
     store.forget(KEY)
     assert len(store) == 0
 
 
+def test_a_milestone_is_seen_at_once() -> None:
+    now = [100.0]
+    store = ReportStore(interval=5.0, clock=lambda: now[0])
+    store.ingest(KEY, [step(1, t=1)])
+    store.view(KEY)
+    store.wrote(KEY)
+    now[0] = 101.0
+    store.ingest(KEY, [step(2, t=2), EvalEvent(time=at(3), step=2, eval_loss=1.0, perplexity=2.7)])
+    assert store.next_write_in(KEY) == 0.0
+    assert any(isinstance(e, EvalEvent) for e in store.view(KEY))
+    store.wrote(KEY)
+    store.ingest(KEY, [step(3, t=4)])
+    assert store.next_write_in(KEY) == pytest.approx(5.0)
+
+
 def test_many_reporting_jobs_share_a_budget_of_writes_per_second() -> None:
     now = [100.0]
-    store = ReportStore(clock=lambda: now[0])
+    store = ReportStore(interval=5.0, writes_per_second=20.0, clock=lambda: now[0])
     for i in range(199):
         store.ingest(("ns", f"job-{i}"), [step(1, t=1)])
     store.ingest(KEY, [step(1, t=1)])
+    store.view(KEY)
     store.wrote(KEY)
     # 200 jobs at 20 writes/s: each job every 10 s, not every 5 s.
-    assert store.next_write_in(KEY, interval=5.0, writes_per_second=20.0) == pytest.approx(10.0)
-    assert store.next_write_in(KEY, interval=5.0, writes_per_second=1000.0) == pytest.approx(5.0)
+    assert store.next_write_in(KEY) == pytest.approx(10.0)
 
 
 class Reviewer:
