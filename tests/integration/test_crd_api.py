@@ -67,7 +67,7 @@ def test_printer_columns_in_kubectl_get(cluster: Cluster, admin: Kube, crd: dict
     plane = _kubectl(cluster)
     _create(admin, namespace, _job("columns"))
     header = plane.kubectl("get", "ftj", "-n", namespace).stdout.splitlines()[0].split()
-    assert header == ["NAME", "PHASE", "PROGRESS", "LOSS", "AGE"]
+    assert header == ["NAME", "PHASE", "PROGRESS", "LOSS", "ETA", "AGE"]
     wide = plane.kubectl("get", "ftj", "-n", namespace, "-o", "wide").stdout.splitlines()
     assert "METHOD" in wide[0] and "lora" in wide[1]
 

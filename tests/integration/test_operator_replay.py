@@ -8,13 +8,15 @@ they are and create nothing.
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
 from kube_objects import FineTuneJobs, status_of
 from kubetune_operator.builders import build_children
-from kubetune_operator.k8s import collection_path
+from kubetune_operator.k8s import collection_path, object_path
 from kubetune_operator.settings import OperatorSettings
+from kubetune_operator.tls import CA_CERT_KEY
 from operator_harness import OperatorProcess, metric_sum, operator_stopped
 
 from kubetune.api.resource import FineTuneJob
@@ -40,9 +42,16 @@ def test_children_created_before_a_lost_status_write_are_adopted_not_replaced(
 ) -> None:
     name = "replayed"
     settings = OperatorSettings.from_env(environ=operator.env())
+    # The report endpoint's CA, which the operator keeps in its Secret and puts into every ConfigMap.
+    assert settings.reports_ca_secret is not None
+    ca_namespace, _, ca_name = settings.reports_ca_secret.partition("/")
+    ca_secret = ftjs.kube.request(
+        "GET", object_path(api_version="v1", plural="secrets", namespace=ca_namespace, name=ca_name)
+    )
+    report_ca = base64.b64decode(ca_secret["data"][CA_CERT_KEY]).decode("ascii")
     with operator_stopped(operator):
         created = ftjs.create(name, annotations={"kubetune.test/run-for": "20s"})
-        children = build_children(ftj=FineTuneJob.from_object(created), settings=settings)
+        children = build_children(ftj=FineTuneJob.from_object(created), settings=settings, report_ca=report_ca)
         mine: dict[str, dict[str, Any]] = {}
         for manifest in children.in_order():
             plural = PLURALS[manifest["kind"]]

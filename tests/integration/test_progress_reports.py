@@ -342,7 +342,7 @@ def test_training_is_not_slowed_while_the_operator_is_down_and_the_status_catche
     )
     trainer = TrainerProcess(inputs=inputs, token=token, pvc_root=pvc_root, workdir=tmp_path / "trainer")
     try:
-        trainer.wait_for_step(40)
+        trainer.wait_for_step(80)
         down_at = time.time()
         operator.stop()
         down_from = max(s.step for s in trainer.steps())
@@ -365,8 +365,10 @@ def test_training_is_not_slowed_while_the_operator_is_down_and_the_status_catche
             if a.step >= 10 and predicate(b.time.timestamp())
         ]
 
+    # Up: the steps before the stop (from step 10, after warm-up). Down: those while it was stopped, but for
+    # the stop itself (the operator's shutdown shares the cores).
     while_down = sorted(durations(lambda t: down_at + 2 < t < up_at))
-    while_up = sorted(durations(lambda t: not down_at - 2 < t < up_at + 10))
+    while_up = sorted(durations(lambda t: t < down_at))
     assert len(while_down) >= 50 and len(while_up) >= 50, (len(while_down), len(while_up))
     median_down, median_up = while_down[len(while_down) // 2], while_up[len(while_up) // 2]
     assert median_down <= 1.5 * median_up + 0.005, f"median step {median_down:.4f}s down vs {median_up:.4f}s up"
