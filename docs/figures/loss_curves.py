@@ -106,15 +106,7 @@ def main() -> int:
             ftjs.create("curves", spec=spec(steps=args.steps, eval_every=args.eval_every),
                         annotations={"kubetune.test/run-for": "24h"})  # fmt: skip
             inputs = pod_inputs(ftjs, "curves")
-            token = request_token(
-                admin,
-                namespace=NAMESPACE,
-                service_account=inputs.service_account,
-                audience=inputs.audience,
-                pod_name=inputs.pod_name,
-                pod_uid=inputs.pod_uid,
-                seconds=3600,
-            )
+            token = request_token(admin, inputs, seconds=3600)
             start = time.time()
             trainer = TrainerProcess(inputs=inputs, token=token, pvc_root=root, workdir=workdir / "trainer")
             assert trainer.wait(timeout=3600) == 0, trainer.tail()

@@ -235,7 +235,7 @@ def register(
         )
 
     def accepted(key: tuple[str, str], ingested: Ingested) -> None:
-        metrics.observe_progress(namespace=key[0], name=key[1], events=reports.events(key))
+        metrics.observe_progress(namespace=key[0], name=key[1], events=reports.latest(key))
         if ingested.accepted:
             # A milestone is written at once; other progress at most every report_write_interval_seconds, and
             # less often when so many jobs report that they would exceed report_writes_per_second together.

@@ -157,7 +157,6 @@ class _Window:
     evaluation: EvalEvent | None = None
     checkpoints: list[CheckpointSavedEvent] = field(default_factory=list)
     final: FinishedEvent | FailedEvent | StoppedEvent | None = None
-    last_report: float = 0.0
     last_write: float = float("-inf")
     # A milestone arrived since the last status write: the next reconcile writes whatever the time.
     milestone_pending: bool = False
@@ -206,7 +205,6 @@ class ReportStore:
         accepted, milestone = 0, False
         with self._lock:
             window = self._windows.setdefault(key, _Window())
-            window.last_report = self._clock()
             for event in sorted(events, key=lambda e: e.time):
                 if _take(window, event):
                     accepted += 1
@@ -219,6 +217,15 @@ class ReportStore:
         with self._lock:
             window = self._windows.get(key)
             return window.events() if window is not None else []
+
+    def latest(self, key: Key) -> list[ProgressEvent]:
+        """The newest eval and step events of the job (what the per-job metrics show), oldest first."""
+        with self._lock:
+            window = self._windows.get(key)
+            if window is None:
+                return []
+            found = [window.evaluation, window.steps[-1] if window.steps else None]
+            return sorted((e for e in found if e is not None), key=lambda e: e.time)
 
     def view(self, key: Key) -> list[ProgressEvent]:
         """The events a reconcile folds into the status: the latest when a write is due, else those of the

@@ -89,6 +89,8 @@ def make_ca(*, now: datetime.datetime | None = None) -> CertificateAuthority:
         .not_valid_before(start)
         .not_valid_after(start + CA_VALIDITY)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        # Key identifiers: strict verifiers (Python 3.13's default context among them) require them.
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
             x509.KeyUsage(
                 digital_signature=False,
@@ -133,6 +135,7 @@ def issue(ca: CertificateAuthority, *, hosts: tuple[str, ...], now: datetime.dat
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     return ServingIdentity(ca_pem=ca.cert_pem, cert_pem=_pem(cert), key_pem=_key_pem(key))

@@ -162,14 +162,7 @@ def run(
     reports_before = metric_sum(operator.metrics(), "kubetune_progress_reports_total", result="accepted")
     ftjs.create(name, spec=run_spec(output=f"pvc://outputs/{name}"), annotations={RUN_FOR: "3600s"})
     inputs = pod_inputs(ftjs, name)
-    token = request_token(
-        admin,
-        namespace=inputs.namespace,
-        service_account=inputs.service_account,
-        audience=inputs.audience,
-        pod_name=inputs.pod_name,
-        pod_uid=inputs.pod_uid,
-    )
+    token = request_token(admin, inputs)
     statuses = StatusWatch(api, namespace=reports_namespace, name=name)
     started = time.time()
     trainer = TrainerProcess(inputs=inputs, token=token, pvc_root=pvc_root, workdir=workdir / "trainer")
@@ -332,14 +325,7 @@ def test_training_is_not_slowed_while_the_operator_is_down_and_the_status_catche
     spec["checkpointing"]["everySteps"] = steps
     ftjs.create("resilient", spec=spec, annotations={RUN_FOR: "3600s"})
     inputs = pod_inputs(ftjs, "resilient")
-    token = request_token(
-        admin,
-        namespace=inputs.namespace,
-        service_account=inputs.service_account,
-        audience=inputs.audience,
-        pod_name=inputs.pod_name,
-        pod_uid=inputs.pod_uid,
-    )
+    token = request_token(admin, inputs)
     trainer = TrainerProcess(inputs=inputs, token=token, pvc_root=pvc_root, workdir=tmp_path / "trainer")
     try:
         trainer.wait_for_step(80)

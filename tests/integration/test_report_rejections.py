@@ -75,14 +75,7 @@ def test_forged_expired_foreign_misaddressed_malformed_oversized_and_late_report
     target, other = pod_inputs(ftjs, "target"), pod_inputs(ftjs, "other")
 
     def token_for(pod: PodInputs, *, aud: str) -> str:
-        return request_token(
-            admin,
-            namespace=pod.namespace,
-            service_account=pod.service_account,
-            audience=aud,
-            pod_name=pod.pod_name,
-            pod_uid=pod.pod_uid,
-        )
+        return request_token(admin, pod, audience=aud)
 
     good = token_for(target, aud=target.audience)
     assert post_report(target.report_url, token=good, body=body(1), ca_pem=target.ca_pem)[0] == 202

@@ -80,28 +80,20 @@ def pod_inputs(ftjs: FineTuneJobs, name: str) -> PodInputs:
     )
 
 
-def request_token(
-    kube: Kube,
-    *,
-    namespace: str,
-    service_account: str,
-    audience: str,
-    pod_name: str,
-    pod_uid: str,
-    seconds: int = 600,
-) -> str:
-    """A token for the ServiceAccount, bound to the pod: the one the kubelet projects into the pod."""
-    path = collection_path(api_version="v1", plural="serviceaccounts", namespace=namespace)
+def request_token(kube: Kube, pod: PodInputs, *, audience: str | None = None, seconds: int = 600) -> str:
+    """A token for the pod's ServiceAccount, bound to the pod, with the audience of the pod's projected token
+    (or ``audience``): the one the kubelet projects into the pod."""
+    path = collection_path(api_version="v1", plural="serviceaccounts", namespace=pod.namespace)
     body = {
         "apiVersion": "authentication.k8s.io/v1",
         "kind": "TokenRequest",
         "spec": {
-            "audiences": [audience],
+            "audiences": [audience or pod.audience],
             "expirationSeconds": seconds,
-            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod_name, "uid": pod_uid},
+            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod.pod_name, "uid": pod.pod_uid},
         },
     }
-    answer = kube.request("POST", f"{path}/{service_account}/token", body=body)
+    answer = kube.request("POST", f"{path}/{pod.service_account}/token", body=body)
     return str(answer["status"]["token"])
 
 

@@ -49,6 +49,7 @@ def test_the_store_keeps_the_latest_events_and_ignores_repeats_and_older_ones() 
     assert store.ingest(KEY, [step(3, t=3)]) == Ingested(accepted=1, milestone=False)
     assert [e.step for e in store.events(KEY) if isinstance(e, StepEvent)] == [1, 2, 3]
     assert store.events(("team-a", "other")) == []
+    assert [e.step for e in store.latest(KEY)] == [3]
 
 
 def test_the_step_window_is_bounded_and_checkpoints_keep_the_newest_five() -> None:
