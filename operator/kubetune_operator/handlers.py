@@ -209,6 +209,10 @@ def register(
         if result.plan.status_patch is not None:
             metrics.status_writes.inc()
             reports.wrote(key)
+            if reports.unwritten(key):
+                # This write (a phase change, say) came from older events and restarted the job's write
+                # interval: the newer ones are written when it is over, whether or not another report comes.
+                requeue.schedule(key, after=reports.next_write_in(key), trigger="report")
             metrics.add_gpu_seconds(namespace=namespace, seconds=result.plan.gpu_seconds_added)
             if result.plan.finished is not None:
                 phase, seconds = result.plan.finished

@@ -248,6 +248,12 @@ class ReportStore:
                 window.written = window.read
                 window.milestone_pending = False
 
+    def unwritten(self, key: Key) -> bool:
+        """The job has reported events its last written status was not folded from."""
+        with self._lock:
+            window = self._windows.get(key)
+            return window is not None and window.events() != window.written
+
     def next_write_in(self, key: Key) -> float:
         """Seconds until the job's next status write for progress is due (0 after a milestone)."""
         with self._lock:

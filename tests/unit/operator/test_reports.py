@@ -90,6 +90,20 @@ def test_a_reconcile_sees_new_progress_only_when_a_write_is_due() -> None:
     assert len(store) == 0
 
 
+def test_a_write_from_older_events_leaves_the_newer_ones_unwritten_and_due_later() -> None:
+    now = [100.0]
+    store = ReportStore(interval=5.0, clock=lambda: now[0])
+    assert store.view(KEY) == []  # a reconcile (a pod event) before the first report
+    store.ingest(KEY, [step(1, t=1)])  # the report arrives while that reconcile runs
+    store.wrote(KEY)  # and that reconcile writes (a phase change) without the report's event
+    assert store.unwritten(KEY)
+    assert store.next_write_in(KEY) == pytest.approx(5.0)
+    now[0] = 105.0
+    assert [e.step for e in store.view(KEY)] == [1]
+    store.wrote(KEY)
+    assert not store.unwritten(KEY)
+
+
 def test_a_milestone_is_seen_at_once() -> None:
     now = [100.0]
     store = ReportStore(interval=5.0, clock=lambda: now[0])
