@@ -172,6 +172,13 @@ PRINTER_COLUMNS: list[Schema] = [
     {"name": "Progress", "type": "string", "jsonPath": ".status.progress.percent", "description": "Steps done."},
     {"name": "Loss", "type": "number", "jsonPath": ".status.metrics.loss", "description": "Training loss."},
     {"name": "ETA", "type": "string", "jsonPath": ".status.progress.eta", "description": "Time left, estimated."},
+    {
+        "name": "Estimate",
+        "type": "string",
+        "jsonPath": ".status.estimate.duration",
+        "description": "Training time the data check estimated, before any GPU was claimed.",
+    },
+    {"name": "GPU-h", "type": "number", "jsonPath": ".status.estimate.gpuHours", "priority": 1},
     {"name": "Method", "type": "string", "jsonPath": ".spec.method.type", "priority": 1},
     {"name": "Model", "type": "string", "jsonPath": ".spec.model.source", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

@@ -129,6 +129,7 @@ class FieldMapping(ApiModel):
 
 
 DatasetFormat = Literal["auto", "messages", "prompt_completion", "alpaca", "sharegpt", "text"]
+PreflightMode = Literal["warn", "strict", "skip"]
 
 
 class DatasetSpec(ApiModel):
@@ -175,6 +176,15 @@ class DatasetSpec(ApiModel):
         description=(
             "Pack several examples into one row without letting them attend to each other "
             "(block-diagonal attention). Off: one example per row, batches grouped by length."
+        ),
+    )
+    preflight: PreflightMode = Field(
+        default="warn",
+        description=(
+            "The data check a CPU-only pod runs before any GPU is claimed (phase Validating): it reads every "
+            "file, tokenizes with the model's tokenizer and fills status.dataset, status.hyperparameters and "
+            "status.estimate. warn: bad records fail the job (BadData), warnings become Events; strict: "
+            "warnings fail it too; skip: no check (the trainer still validates the data in its own pods)."
         ),
     )
 

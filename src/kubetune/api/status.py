@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
 from kubetune.api.base import ApiModel
 
-Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
+Phase = Literal["Pending", "Validating", "Running", "Succeeded", "Failed", "Suspended"]
 ConditionStatus = Literal["True", "False", "Unknown"]
 
 # Condition types, per the Kubernetes API conventions: each one is a yes/no observation.
 VALIDATED = "Validated"
+DATA_VALIDATED = "DataValidated"
 RUNNING = "Running"
 SUSPENDED = "Suspended"
 SUCCEEDED = "Succeeded"
 FAILED = "Failed"
-CONDITION_TYPES = (VALIDATED, RUNNING, SUSPENDED, SUCCEEDED, FAILED)
+CONDITION_TYPES = (VALIDATED, DATA_VALIDATED, RUNNING, SUSPENDED, SUCCEEDED, FAILED)
+# Bounds of status.dataset: a dataset with 100,000 bad lines still gives a status of a few KiB.
+MAX_DATA_PROBLEMS = 10
+MAX_DATA_WARNINGS = 10
+MAX_DATA_TEXT = 300
 
 
 class Condition(ApiModel):
@@ -85,10 +90,89 @@ class OutputStatus(ApiModel):
     merged: bool = Field(default=False, description="Whether a merged model was written.")
 
 
+class DataProblem(ApiModel):
+    """One bad record (or file): where it is and what is wrong."""
+
+    file: str = Field(max_length=MAX_DATA_TEXT, description="The data file's URI.")
+    line: int | None = Field(default=None, ge=1, description="Line (JSONL), row (CSV, Parquet) or record number.")
+    field: str = Field(default="", max_length=128, description="The field at fault, when one is.")
+    reason: str = Field(max_length=MAX_DATA_TEXT, description="What is wrong.")
+
+
+class TokenCounts(ApiModel):
+    """Token counts of the training examples, as the model's tokenizer counts them."""
+
+    total: int = Field(default=0, ge=0, description="Tokens in all training examples (after truncation).")
+    trained: int = Field(default=0, ge=0, description="Tokens the loss is taken on (the answers).")
+    p50: int = Field(default=0, ge=0, description="Median tokens per example.")
+    p95: int = Field(default=0, ge=0, description="95th percentile of tokens per example.")
+    max: int = Field(default=0, ge=0, description="Tokens in the longest example.")
+
+
+class DatasetStatus(ApiModel):
+    """What the data check found (phase Validating). Bounded: the first problems and warnings only."""
+
+    spec_hash: str = Field(max_length=64, description="Digest of the spec fields the data was checked for.")
+    format: str | None = Field(
+        default=None, max_length=128, description="Detected record format(s), e.g. prompt_completion."
+    )
+    train_examples: int = Field(default=0, ge=0, description="Training examples.")
+    validation_examples: int = Field(default=0, ge=0, description="Held-out examples (file or split).")
+    train_tokens: TokenCounts = Field(default_factory=TokenCounts, description="Training token counts.")
+    truncated_examples: int = Field(default=0, ge=0, description="Examples cut to dataset.maxSeqLength.")
+    skipped_examples: int = Field(default=0, ge=0, description="Records left out for an empty prompt or answer.")
+    duplicate_examples: int = Field(default=0, ge=0, description="Training examples repeating an earlier one.")
+    sha256: str | None = Field(default=None, max_length=64, description="sha256 of the training files' bytes.")
+    error_count: int = Field(default=0, ge=0, description="Problems found in all (errors lists the first ones).")
+    errors: list[DataProblem] = Field(
+        default_factory=list, max_length=MAX_DATA_PROBLEMS, description="The first problems, with file and line."
+    )
+    warnings: list[Annotated[str, Field(max_length=MAX_DATA_TEXT)]] = Field(
+        default_factory=list, max_length=MAX_DATA_WARNINGS, description="The first warnings."
+    )
+    warning_count: int = Field(default=0, ge=0, description="Warnings in all.")
+    checked_at: datetime | None = Field(default=None, description="When the check finished.")
+
+
+class ResolvedHyperparameters(ApiModel):
+    """The values the training pods run with: every auto or omitted hyperparameter made concrete."""
+
+    epochs: int = Field(ge=1, description="Passes over the training data.")
+    total_steps: int = Field(ge=1, description="Optimizer steps in all.")
+    per_device_batch_size: int = Field(ge=1, description="Examples (or packed rows) per process per micro-step.")
+    gradient_accumulation_steps: int = Field(ge=1, description="Micro-steps per optimizer step.")
+    world_size: int = Field(ge=1, description="Training processes (nodes x max(gpusPerNode, 1)).")
+    learning_rate: float = Field(gt=0, description="Peak learning rate.")
+    warmup_steps: int = Field(ge=0, description="Linear warmup steps.")
+    chosen: list[Annotated[str, Field(max_length=64)]] = Field(
+        default_factory=list, max_length=16, description="The fields kubetune chose (auto or omitted in the spec)."
+    )
+
+
+class Estimate(ApiModel):
+    """What the training will cost: from the data check, and once running from measured step times."""
+
+    train_tokens: int | None = Field(default=None, ge=0, description="Tokens to train on: tokens x epochs.")
+    optimizer_steps: int | None = Field(default=None, ge=0, description="Optimizer steps (hyperparameters).")
+    parameters: int | None = Field(default=None, ge=0, description="The base model's parameter count.")
+    tokens_per_second: float | None = Field(default=None, ge=0, description="Assumed throughput of the whole job.")
+    duration_seconds: int | None = Field(default=None, ge=0, description="Estimated training time.")
+    duration: str | None = Field(default=None, max_length=32, description="durationSeconds for people, e.g. 1h02m.")
+    gpu_hours: float | None = Field(default=None, ge=0, description="GPUs x estimated hours.")
+    basis: str | None = Field(
+        default=None, max_length=MAX_DATA_TEXT, description="The throughput table row used, and whether measured."
+    )
+    estimated_finish_time: datetime | None = Field(
+        default=None, description="Once running: when the trainer's measured step times say it will finish."
+    )
+
+
 class FineTuneJobStatus(ApiModel):
     """Observed state."""
 
-    phase: Phase | None = Field(default=None, description="Pending, Running, Succeeded, Failed or Suspended.")
+    phase: Phase | None = Field(
+        default=None, description="Pending, Validating, Running, Succeeded, Failed or Suspended."
+    )
     conditions: list[Condition] = Field(default_factory=list, description="Latest observations.")
     observed_generation: int | None = Field(default=None, ge=0, description="Last spec generation seen.")
     job_name: str | None = Field(default=None, description="The batch/v1 Job running the trainer.")
@@ -108,3 +192,8 @@ class FineTuneJobStatus(ApiModel):
         description="GPUs times seconds the trainer pods have run (for billing), as of gpuSecondsUpdatedAt.",
     )
     gpu_seconds_updated_at: datetime | None = Field(default=None, description="When gpuSeconds was last added to.")
+    dataset: DatasetStatus | None = Field(default=None, description="What the data check found.")
+    hyperparameters: ResolvedHyperparameters | None = Field(
+        default=None, description="The resolved hyperparameters the training pods run with."
+    )
+    estimate: Estimate | None = Field(default=None, description="Estimated tokens, steps, duration and GPU-hours.")

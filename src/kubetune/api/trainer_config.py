@@ -22,6 +22,7 @@ from kubetune.api.spec import (
     ModelSpec,
     OutputSpec,
 )
+from kubetune.api.status import DatasetStatus, ResolvedHyperparameters
 
 TRAINER_CONFIG_KIND = "TrainerConfig"
 # Inside the trainer pod: where the ConfigMap is mounted and what the file is called.
@@ -37,6 +38,27 @@ class RunIdentity(ApiModel):
     uid: str = Field(default="", description="FineTuneJob UID.")
 
 
+class TargetResources(ApiModel):
+    """The hardware the training runs on: the data check plans steps and estimates time for it."""
+
+    nodes: int = Field(default=1, ge=1, description="Pods in the training Job.")
+    gpus_per_node: int = Field(default=1, ge=0, description="GPUs per pod; 0: CPU training.")
+    gpu_product: str | None = Field(default=None, description="The nvidia.com/gpu.product label, when required.")
+
+    @property
+    def world_size(self) -> int:
+        """One training process per GPU, one per CPU pod."""
+        return self.nodes * max(self.gpus_per_node, 1)
+
+
+class Validated(ApiModel):
+    """What the data check saw, for the trainer to compare with what it reads."""
+
+    dataset_sha256: str | None = Field(default=None, description="sha256 of the training files' bytes.")
+    train_examples: int = Field(ge=0, description="Training examples.")
+    total_steps: int = Field(ge=1, description="Optimizer steps planned.")
+
+
 class TrainerConfig(ApiModel):
     """Everything the trainer needs to run, resolved by the operator (or written by hand locally)."""
 
@@ -49,6 +71,10 @@ class TrainerConfig(ApiModel):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     checkpointing: CheckpointingSpec = Field(default_factory=CheckpointingSpec)
     output: OutputSpec
+    resources: TargetResources = Field(default_factory=TargetResources)
+    # Set in the training pods' config once the data check passed; their hyperparameters are then the
+    # resolved ones, so the pods run with exactly what status.hyperparameters says.
+    validated: Validated | None = None
 
     @classmethod
     def from_spec(cls, spec: FineTuneJobSpec, *, run: RunIdentity) -> TrainerConfig:
@@ -60,6 +86,33 @@ class TrainerConfig(ApiModel):
             hyperparameters=spec.hyperparameters,
             checkpointing=spec.checkpointing,
             output=spec.output,
+            resources=TargetResources(
+                nodes=spec.resources.nodes,
+                gpus_per_node=spec.resources.gpus_per_node,
+                gpu_product=spec.resources.gpu_product,
+            ),
+        )
+
+    def with_resolved(self, resolved: ResolvedHyperparameters, *, dataset: DatasetStatus) -> TrainerConfig:
+        """This config with every auto or omitted hyperparameter replaced by the data check's value."""
+        hp = self.hyperparameters
+        update: dict[str, object] = {
+            "per_device_batch_size": resolved.per_device_batch_size,
+            "learning_rate": resolved.learning_rate,
+            "warmup_steps": resolved.warmup_steps,
+            "warmup_ratio": None,
+        }
+        if hp.max_steps is None:
+            update["epochs"] = resolved.epochs
+        return self.model_copy(
+            update={
+                "hyperparameters": hp.model_copy(update=update),
+                "validated": Validated(
+                    dataset_sha256=dataset.sha256,
+                    train_examples=dataset.train_examples,
+                    total_steps=resolved.total_steps,
+                ),
+            }
         )
 
     def to_yaml(self) -> str:
