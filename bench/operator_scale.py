@@ -87,7 +87,7 @@ def ftj_spec() -> dict[str, Any]:
     """The tests' minimal valid spec: one pod with one GPU."""
     return {
         "model": {"source": "hf://HuggingFaceTB/SmolLM2-135M-Instruct@main"},
-        "dataset": {"train": ["s3://training-data/lamini_docs.jsonl"]},
+        "dataset": {"train": ["s3://training-data/lamini_docs.jsonl"], "preflight": "skip"},
         "output": {"destination": "s3://outputs/run-1"},
     }
 

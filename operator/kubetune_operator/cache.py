@@ -118,6 +118,7 @@ class Written:
             ("ConfigMap", names.config_map),
             ("Service", names.service),
             ("Job", names.job),
+            ("Job", names.preflight_job),
         ):
             self.drop(kind=kind, namespace=namespace, name=name)
 

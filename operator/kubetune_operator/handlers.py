@@ -135,7 +135,13 @@ class IndexReader:
         }
         names = child_names(name=ftj_name)
         out = []
-        for kind, name in (("ConfigMap", names.config_map), ("Service", names.service), ("Job", names.job)):
+        wanted = (
+            ("ConfigMap", names.config_map),
+            ("Service", names.service),
+            ("Job", names.job),
+            ("Job", names.preflight_job),
+        )
+        for kind, name in wanted:
             child = self.written.newer(cached.pop((kind, name), None), kind=kind, namespace=namespace, name=name)
             if child is not None:
                 out.append(child)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from kubetune.api.preflight import preflight_spec_hash
 from kubetune.api.progress import ProgressEvent
 from kubetune.api.resource import KIND, FineTuneJob
 from kubetune.api.status import FineTuneJobStatus, Phase
@@ -23,6 +24,8 @@ from kubetune_operator.builders.names import (
     KUEUE_QUEUE_LABEL,
     name_problems,
 )
+from kubetune_operator.preflight import Checked, CheckView, from_status, read_check
+from kubetune_operator.preflight import job_spec_hash as check_job_hash
 from kubetune_operator.settings import OperatorSettings
 from kubetune_operator.status import (
     TERMINAL_PHASES,
@@ -67,6 +70,9 @@ class Observed:
     child_problem: str | None = None
     # The Job controller's FailedCreate messages for the Job (read only when ``pods_overdue`` says so).
     pod_creation_failures: Sequence[str] = ()
+    # The data-check Job and its pods (phase Validating).
+    check_job: Obj | None = None
+    check_pods: Sequence[Obj] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,9 +141,18 @@ def plan(observed: Observed, *, settings: OperatorSettings) -> Plan:
         return _with_status(observed, previous=previous, desired=desired)
     # The stored status is parsed apart (parse_status): an unreadable one must not block the spec.
     ftj = FineTuneJob.from_object({**observed.ftj, "status": {}})
-    children = build_children(ftj=ftj, settings=settings, report_ca=observed.report_ca)
+    stage = _check_stage(observed, ftj=ftj, previous=previous)
+    checked = stage.checked if stage.checked is not None and stage.checked.passed else None
+    children = build_children(
+        ftj=ftj,
+        settings=settings,
+        report_ca=observed.report_ca,
+        checked=(checked.hyperparameters, checked.dataset) if checked and checked.hyperparameters else None,
+    )
     job = observed.job
-    existing = [child for child in (observed.config_map, observed.service, job) if child is not None]
+    existing = [
+        child for child in (observed.config_map, observed.service, job, observed.check_job) if child is not None
+    ]
     foreign = [child for child in existing if _foreign(child, ftj_name=meta["name"])]
     if foreign:
         kind, name = foreign[0].get("kind", "object"), foreign[0]["metadata"]["name"]
@@ -152,6 +167,13 @@ def plan(observed: Observed, *, settings: OperatorSettings) -> Plan:
         for current, manifest in ((observed.config_map, children.config_map), (observed.service, children.service))
         if not _is_current(current, manifest, uid=meta["uid"])
     ]
+    if job is None and stage.enabled and checked is None:
+        return _plan_check(observed, previous=previous, settings=settings, ftj=ftj, stage=stage, actions=actions)
+    if job is None and stage.stale is not None:
+        # The check passed for this spec, and an older one's Job is still there: it goes (its result is in
+        # the status), so a later re-check cannot mistake it for its own.
+        why = "the data check passed; this Job checked an older spec"
+        actions.append(DeleteJob(name=stage.stale["metadata"]["name"], uid=stage.stale["metadata"]["uid"], why=why))
     if job is None:
         job_name = children.job["metadata"]["name"]
         created = EventSpec(type="Normal", reason="JobCreated", message=f"created Job {job_name}")
@@ -171,7 +193,13 @@ def plan(observed: Observed, *, settings: OperatorSettings) -> Plan:
         actions.append(SetJobSuspend(name=job["metadata"]["name"], suspend=suspend, why="spec.runPolicy.suspend"))
         job = _with_suspend(job, suspend=suspend)
     desired = _desired(
-        observed, previous=previous, settings=settings, job=job, suspend=suspend, nodes=ftj.spec.resources.nodes
+        observed,
+        previous=previous,
+        settings=settings,
+        job=job,
+        suspend=suspend,
+        nodes=ftj.spec.resources.nodes,
+        stage=stage,
     )
     if desired.failure is not None and desired.failure.reason == UNSCHEDULABLE and not _suspended(job):
         # Stop the pods that will never run; the suspended Job stays for inspection.
@@ -183,6 +211,121 @@ def plan(observed: Observed, *, settings: OperatorSettings) -> Plan:
     )
 
 
+@dataclass(frozen=True, kw_only=True)
+class _CheckStage:
+    """Where the data check stands for the current spec."""
+
+    enabled: bool
+    spec_hash: str = ""
+    # The check's Job when it was built for the current spec; ``stale`` when built for an older one.
+    job: Obj | None = None
+    stale: Obj | None = None
+    pods: Sequence[Obj] = ()
+    # What the Job says (None when there is no current Job, or the training Job exists).
+    view: CheckView | None = None
+    # What the check found for this spec: from the status, else from the finished Job.
+    checked: Checked | None = None
+
+
+def _check_stage(observed: Observed, *, ftj: FineTuneJob, previous: FineTuneJobStatus) -> _CheckStage:
+    mode = ftj.spec.dataset.preflight
+    if mode == "skip":
+        return _CheckStage(enabled=False)
+    spec_hash = preflight_spec_hash(ftj.spec)
+    check_job = observed.check_job
+    current = check_job if check_job is not None and check_job_hash(check_job) == spec_hash else None
+    stale = check_job if check_job is not None and current is None else None
+    recorded = from_status(
+        dataset=previous.dataset,
+        hyperparameters=previous.hyperparameters,
+        estimate=previous.estimate,
+        spec_hash=spec_hash,
+    )
+    view = None
+    if current is not None and (observed.job is None or recorded is None):
+        view = read_check(current, pods=observed.check_pods, spec_hash=spec_hash, mode=mode, now=observed.now)
+    if recorded is not None:
+        checked: Checked | None = recorded
+    elif view is not None:
+        checked = view.checked
+    else:
+        checked = None
+    return _CheckStage(
+        enabled=True,
+        spec_hash=spec_hash,
+        job=current,
+        stale=stale,
+        pods=observed.check_pods if current is not None else (),
+        view=view if recorded is None else None,
+        checked=checked,
+    )
+
+
+def _plan_check(
+    observed: Observed,
+    *,
+    previous: FineTuneJobStatus,
+    settings: OperatorSettings,
+    ftj: FineTuneJob,
+    stage: _CheckStage,
+    actions: list[Action],
+) -> Plan:
+    """No training Job yet and the data check has not passed: run it (phase Validating)."""
+    children = build_children(ftj=ftj, settings=settings, report_ca=observed.report_ca)
+    wanted = children.preflight_job
+    assert wanted is not None
+    if stage.stale is not None:
+        # Built for an older spec (resources changed while suspended): its answer is not for this one.
+        why = "the spec changed since this data check was started"
+        stale = stage.stale["metadata"]
+        return Plan(phase=previous.phase, actions=(*actions, DeleteJob(name=stale["name"], uid=stale["uid"], why=why)))
+    check_job = stage.job
+    view = stage.view
+    if check_job is None:
+        name = wanted["metadata"]["name"]
+        created = EventSpec(
+            type="Normal", reason="DataCheckStarted", message=f"created Job {name} to check the data on a CPU first"
+        )
+        actions.append(EnsureChild(manifest=wanted, created_event=created))
+        check_job = wanted
+        view = CheckView(state="Running")
+    elif _controller_uid(check_job) != observed.ftj["metadata"]["uid"]:
+        actions.append(EnsureChild(manifest=wanted))
+    assert view is not None
+    suspend = ftj.spec.run_policy.suspend
+    if view.state == "Running" and _should_set_suspend(check_job, suspend=suspend):
+        actions.append(SetJobSuspend(name=check_job["metadata"]["name"], suspend=suspend, why="spec.runPolicy.suspend"))
+        check_job = _with_suspend(check_job, suspend=suspend)
+    pods = stage.pods if stage.job is not None else ()
+    desired = compute_status(
+        Observation(
+            generation=int(observed.ftj["metadata"].get("generation") or 0),
+            spec_problems=(),
+            job=None,
+            pods=(),
+            previous=previous,
+            now=observed.now,
+            nodes=1,
+            suspend_requested=suspend,
+            pending_timeout=timedelta(seconds=settings.pending_timeout_seconds),
+            pod_creation_failures=observed.pod_creation_failures,
+            data_check=True,
+            check_job=check_job,
+            check_pods=pods,
+            check=view,
+            checked=view.checked,
+        )
+    )
+    if desired.failure is not None and desired.failure.reason == UNSCHEDULABLE and not _suspended(check_job):
+        why = "the data check's pod stayed unschedulable past the pending timeout"
+        actions.append(SetJobSuspend(name=check_job["metadata"]["name"], suspend=True, why=why))
+    requeue = _pending_recheck(pods, now=observed.now, settings=settings) if desired.phase == "Validating" else None
+    waiting = _waiting_for_pods_since(check_job, pods=pods) if stage.job is not None else None
+    if waiting is not None:
+        requeue = _min_wait(requeue, _pod_creation_wait(waiting, now=observed.now))
+    return _with_status(observed, previous=previous, desired=desired, actions=actions, requeue_after=requeue)
+
+
 def _desired(
     observed: Observed,
     *,
@@ -192,6 +335,7 @@ def _desired(
     job: Obj | None = None,
     suspend: bool = False,
     nodes: int = 1,
+    stage: _CheckStage | None = None,
 ) -> FineTuneJobStatus:
     return compute_status(
         Observation(
@@ -206,6 +350,8 @@ def _desired(
             pending_timeout=timedelta(seconds=settings.pending_timeout_seconds),
             trainer_events=observed.trainer_events if job is not None else (),
             pod_creation_failures=observed.pod_creation_failures if job is not None else (),
+            data_check=stage is not None and stage.enabled,
+            checked=stage.checked if stage is not None else None,
         )
     )
 
@@ -260,19 +406,29 @@ def _plan_finished(observed: Observed, *, previous: FineTuneJobStatus) -> Plan:
 
 def _next_check(observed: Observed, *, desired: FineTuneJobStatus, settings: OperatorSettings) -> float | None:
     """Seconds until time alone could change the plan: a pending timeout expiring, pods overdue."""
-    waits: list[float] = []
-    if desired.phase == "Pending":
-        timeout = timedelta(seconds=settings.pending_timeout_seconds)
-        for since in _unschedulable_since(observed.pods):
-            waits.append(max((since + timeout - observed.now).total_seconds(), 0.0) + 1.0)
+    wait = _pending_recheck(observed.pods, now=observed.now, settings=settings) if desired.phase == "Pending" else None
     waiting = _waiting_for_pods_since(observed.job, pods=observed.pods) if observed.job is not None else None
     if waiting is not None:
-        # Refused pod creations change no Job or pod, so no watch event says when they stop.
-        age = (observed.now - waiting).total_seconds()
-        waits.append(
-            POD_CREATION_GRACE_SECONDS - age + 0.5 if age < POD_CREATION_GRACE_SECONDS else POD_CREATION_RECHECK_SECONDS
-        )
+        wait = _min_wait(wait, _pod_creation_wait(waiting, now=observed.now))
+    return wait
+
+
+def _pending_recheck(pods: Sequence[Obj], *, now: datetime, settings: OperatorSettings) -> float | None:
+    """Seconds until the first unschedulable pod's pending timeout expires."""
+    timeout = timedelta(seconds=settings.pending_timeout_seconds)
+    waits = [max((since + timeout - now).total_seconds(), 0.0) + 1.0 for since in _unschedulable_since(pods)]
     return min(waits) if waits else None
+
+
+def _pod_creation_wait(waiting: datetime, *, now: datetime) -> float:
+    # Refused pod creations change no Job or pod, so no watch event says when they stop.
+    age = (now - waiting).total_seconds()
+    return POD_CREATION_GRACE_SECONDS - age + 0.5 if age < POD_CREATION_GRACE_SECONDS else POD_CREATION_RECHECK_SECONDS
+
+
+def _min_wait(a: float | None, b: float | None) -> float | None:
+    known = [w for w in (a, b) if w is not None]
+    return min(known) if known else None
 
 
 def pods_overdue(job: Obj, *, pods: Sequence[Obj], now: datetime) -> bool:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from kubetune.api.durations import human_duration
 from kubetune.api.progress import (
     CheckpointSavedEvent,
     EvalEvent,
@@ -42,20 +43,6 @@ def _eta_seconds(steps: Sequence[StepEvent], total: int | None) -> int | None:
     if last.step <= first.step or elapsed <= 0:
         return None
     return max(0, round((total - last.step) * elapsed / (last.step - first.step)))
-
-
-def human_duration(seconds: int) -> str:
-    """4m10s, 1h02m, 3d04h: two units at most, as kubectl prints ages."""
-    minutes, secs = divmod(seconds, 60)
-    hours, minutes = divmod(minutes, 60)
-    days, hours = divmod(hours, 24)
-    if days:
-        return f"{days}d{hours:02d}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"
 
 
 def fold_events(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -135,18 +135,15 @@ def observe(
     names = child_names(name=name)
     children = {(c["kind"], c["metadata"]["name"]): c for c in reader.children(namespace=namespace, ftj_name=name)}
     job = children.get(("Job", names.job))
-    pods: list[Obj] = []
-    if job is not None:
-        uid = job["metadata"]["uid"]
-        pods = [
-            p
-            for p in reader.pods(namespace=namespace, ftj_name=name)
-            if ((p["metadata"].get("labels") or {}).get(CONTROLLER_UID_LABEL)) == uid
-        ]
+    check_job = children.get(("Job", names.preflight_job))
+    all_pods = reader.pods(namespace=namespace, ftj_name=name) if job is not None or check_job is not None else []
+    pods, check_pods = _pods_of(job, pods=all_pods), _pods_of(check_job, pods=all_pods)
     finished = parse_status(ftj.get("status")).phase in TERMINAL_PHASES
     failures: list[str] = []
-    if job is not None and not finished and pods_overdue(job, pods=pods, now=now):
-        failures = k8s.pod_creation_failures(kube, namespace=namespace, job_uid=job["metadata"]["uid"])
+    # The Job whose pods are overdue: the training Job, or before it exists the data check's.
+    running_job, running_pods = (job, pods) if job is not None else (check_job, check_pods)
+    if running_job is not None and not finished and pods_overdue(running_job, pods=running_pods, now=now):
+        failures = k8s.pod_creation_failures(kube, namespace=namespace, job_uid=running_job["metadata"]["uid"])
     return Observed(
         ftj=ftj,
         config_map=children.get(("ConfigMap", names.config_map)),
@@ -157,7 +154,17 @@ def observe(
         trainer_events=reports.view((namespace, name)) if reports is not None and not finished else (),
         pod_creation_failures=failures,
         report_ca=report_ca,
+        check_job=check_job,
+        check_pods=check_pods,
     )
+
+
+def _pods_of(job: Obj | None, *, pods: Sequence[Obj]) -> list[Obj]:
+    """The pods of this Job (not of an earlier Job of the same name)."""
+    if job is None:
+        return []
+    uid = job["metadata"]["uid"]
+    return [p for p in pods if ((p["metadata"].get("labels") or {}).get(CONTROLLER_UID_LABEL)) == uid]
 
 
 def act(kube: k8s.Kube, *, ftj: Obj, planned: Plan, now: datetime, logger: Logger) -> Applied:

@@ -134,6 +134,34 @@ class OperatorSettings(BaseModel):
             "(started, checkpoint, eval, finished, failed) are written at once."
         ),
     )
+    preflight_cpu: str = Field(
+        default="1",
+        pattern=r"^[0-9]+(\.[0-9]+)?m?$",
+        description="CPU request (and limit) of the data-check pod that runs before any GPU is claimed.",
+    )
+    preflight_memory: str = Field(
+        default="4Gi",
+        pattern=r"^[0-9]+(\.[0-9]+)?(k|M|G|T|Ki|Mi|Gi|Ti)?$",
+        description=(
+            "Memory request (and limit) of the data-check pod: it holds the tokenized dataset (about 40 bytes a "
+            "token) and the tokenizer, never the model's weights."
+        ),
+    )
+    preflight_deadline_seconds: int = Field(
+        default=1800,
+        ge=60,
+        description="Seconds the data check may run (downloads included) before the FineTuneJob fails.",
+    )
+    preflight_queue_name: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description=(
+            "Kueue LocalQueue for the data-check Jobs (one with CPU quota only). Unset: the check carries no "
+            "queue label, so Kueue leaves it alone (manageJobsWithoutQueueName is false by default) and it "
+            "never waits for, or holds, the GPU queue's quota."
+        ),
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Level of the operator's log (kopf's and the handlers')."
     )

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from kubetune.api.exit_codes import FATAL_EXIT_CODES, reason_for_exit_code
 from kubetune.api.progress import ProgressEvent
 from kubetune.api.status import (
+    DATA_VALIDATED,
     FAILED,
     RUNNING,
     SUCCEEDED,
@@ -25,12 +26,15 @@ from kubetune.api.status import (
     VALIDATED,
     Condition,
     ConditionStatus,
+    Estimate,
     Failure,
     FineTuneJobStatus,
     Phase,
+    Progress,
 )
 from kubetune_operator.builders.event import EventSpec
 from kubetune_operator.builders.names import TRAINER_CONTAINER
+from kubetune_operator.preflight import Checked, CheckView, check_summary
 from kubetune_operator.progress import fold_events
 
 TERMINAL_PHASES: tuple[Phase, ...] = ("Succeeded", "Failed")
@@ -88,6 +92,14 @@ class Observation:
     # Messages of the Job controller's FailedCreate events for the Job, oldest first: why it has no pods
     # (a ResourceQuota, a LimitRange, an admission webhook, Pod Security admission).
     pod_creation_failures: Sequence[str] = ()
+    # The data check (spec.dataset.preflight is not skip). While no training Job exists: its Job, pods and
+    # what they say (``check``); then what it found for the current spec (``checked``, from the check or
+    # the stored status), which status.dataset, hyperparameters and estimate show.
+    data_check: bool = False
+    check_job: Obj | None = None
+    check_pods: Sequence[Obj] = ()
+    check: CheckView | None = None
+    checked: Checked | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -233,11 +245,46 @@ def _active_outcome(obs: Observation) -> _Outcome:
     )
 
 
+def _check_outcome(obs: Observation, check: CheckView) -> _Outcome:
+    """The phase while the data check runs (no training Job yet)."""
+    if check.state == "Failed":
+        failure = check.failure or Failure(reason="DataCheckFailed", message="the data check failed")
+        return _Outcome(
+            phase="Failed", reason=failure.reason, message=failure.message, failure=failure, completion_time=obs.now
+        )
+    if check.state == "Passed":
+        return _Outcome(phase="Pending", reason="JobNotCreated", message="the data check passed; creating the Job")
+    job = obs.check_job or {}
+    if (job.get("spec") or {}).get("suspend"):
+        if obs.suspend_requested:
+            return _Outcome(
+                phase="Suspended", reason="SuspendedByUser", message="spec.runPolicy.suspend is true (data check)"
+            )
+        return _Outcome(phase="Pending", reason="WaitingForAdmission", message="the data check waits for its queue")
+    stuck, scheduler_message = _unschedulable(pods=obs.check_pods, now=obs.now, timeout=obs.pending_timeout)
+    if stuck is not None:
+        return _Outcome(phase="Failed", reason=stuck.reason, message=stuck.message, failure=stuck)
+    live = [p for p in obs.check_pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
+    running = [p for p in live if (p.get("status") or {}).get("phase") == "Running"]
+    if running:
+        message = f"pod {_pod_name(running[0])} is checking the data; no GPU is claimed yet"
+        return _Outcome(phase="Validating", reason="DataCheckRunning", message=message)
+    if scheduler_message:
+        return _Outcome(phase="Validating", reason=UNSCHEDULABLE, message=f"the data check: {scheduler_message}")
+    if not live and obs.pod_creation_failures:
+        message = obs.pod_creation_failures[-1]
+        reason = QUOTA_EXCEEDED if "exceeded quota" in message else POD_CREATION_FAILED
+        return _Outcome(phase="Validating", reason=reason, message=f"the data check cannot start: {message}")
+    return _Outcome(phase="Validating", reason="DataCheckStarting", message="the data check's pod is starting")
+
+
 def _outcome(obs: Observation) -> _Outcome:
     if obs.spec_problems:
         message = "; ".join(obs.spec_problems)
         failure = Failure(reason=INVALID_SPEC, message=message)
         return _Outcome(phase="Failed", reason=INVALID_SPEC, message=message, failure=failure, completion_time=obs.now)
+    if obs.job is None and obs.check is not None:
+        return _check_outcome(obs, obs.check)
     if obs.job is None:
         return _Outcome(phase="Pending", reason="JobNotCreated", message="the trainer Job is being created")
     job_status = obs.job.get("status") or {}
@@ -279,6 +326,12 @@ def _conditions(obs: Observation, outcome: _Outcome) -> list[Condition]:
         (FAILED, "True", outcome.reason, outcome.message) if phase == "Failed" else (FAILED, "False", "NotFailed", ""),
     ]
     previous = {c.type: c for c in obs.previous.conditions}
+    data = _data_condition(obs, outcome)
+    if data is not None:
+        wanted.insert(1, data)
+    elif DATA_VALIDATED in previous:
+        kept = previous[DATA_VALIDATED]
+        wanted.insert(1, (DATA_VALIDATED, kept.status, kept.reason, kept.message))
     out = []
     for type_, status, reason, message in wanted:
         before = previous.get(type_)
@@ -297,6 +350,34 @@ def _conditions(obs: Observation, outcome: _Outcome) -> list[Condition]:
     return out
 
 
+def _data_condition(obs: Observation, outcome: _Outcome) -> tuple[str, ConditionStatus, str, str] | None:
+    """DataValidated: True once the check passed, False when it failed, Unknown while it runs; None
+    (the previous one kept, or none) when no check applies."""
+    if not obs.data_check:
+        return None
+    if obs.checked is not None and obs.checked.passed:
+        warnings = obs.checked.dataset.warning_count
+        note = f" ({warnings} warning(s), see status.dataset.warnings)" if warnings else ""
+        return (DATA_VALIDATED, "True", "DataValid", check_summary(obs.checked) + note)
+    if obs.check is not None and obs.check.state == "Failed":
+        return (DATA_VALIDATED, "False", outcome.reason, outcome.message)
+    if obs.check is not None:
+        return (DATA_VALIDATED, "Unknown", "DataCheckRunning", outcome.message)
+    return None
+
+
+def _estimate(obs: Observation, *, phase: Phase, progress: Progress | None) -> Estimate | None:
+    """The check's estimate; while running, with the finish time the trainer's measured pace gives."""
+    estimate = obs.checked.estimate if obs.data_check and obs.checked is not None else obs.previous.estimate
+    finish = None
+    running = phase == "Running" and progress is not None
+    if running and progress and progress.eta_seconds is not None and progress.updated_at is not None:
+        finish = progress.updated_at + timedelta(seconds=progress.eta_seconds)
+    if estimate is None and finish is None:
+        return None
+    return (estimate or Estimate()).model_copy(update={"estimated_finish_time": finish})
+
+
 def _start_time(obs: Observation, outcome: _Outcome) -> datetime | None:
     if obs.previous.start_time is not None:
         return obs.previous.start_time
@@ -313,6 +394,15 @@ def compute_status(obs: Observation) -> FineTuneJobStatus:
     if previous.phase in TERMINAL_PHASES:
         return previous
     outcome = _outcome(obs)
+    # With the check on, status.dataset is what it found for the current spec (nothing while a changed
+    # spec is checked again); without it, what an earlier operator recorded stays.
+    checked = (
+        obs.checked
+        if obs.data_check
+        else Checked(dataset=previous.dataset, hyperparameters=previous.hyperparameters)
+        if previous.dataset is not None
+        else None
+    )
     reported = fold_events(
         obs.trainer_events,
         progress=previous.progress,
@@ -335,6 +425,9 @@ def compute_status(obs: Observation) -> FineTuneJobStatus:
         trained_tokens=reported.metrics.trained_tokens if reported.metrics is not None else previous.trained_tokens,
         gpu_seconds=previous.gpu_seconds,
         gpu_seconds_updated_at=previous.gpu_seconds_updated_at,
+        dataset=checked.dataset if checked is not None else None,
+        hyperparameters=checked.hyperparameters if checked is not None else None,
+        estimate=_estimate(obs, phase=outcome.phase, progress=reported.progress),
     )
 
 
@@ -395,17 +488,36 @@ def _milestone_events(*, previous: FineTuneJobStatus, desired: FineTuneJobStatus
     return events
 
 
+def _check_events(*, previous: FineTuneJobStatus, desired: FineTuneJobStatus) -> list[EventSpec]:
+    """DataValidated when the data check passed for this spec, and its warnings (one Event for all)."""
+    dataset = desired.dataset
+    if dataset is None or desired.hyperparameters is None:
+        return []
+    known = previous.dataset is not None and previous.hyperparameters is not None
+    if known and previous.dataset and previous.dataset.spec_hash == dataset.spec_hash:
+        return []
+    checked = Checked(dataset=dataset, hyperparameters=desired.hyperparameters, estimate=desired.estimate)
+    events = [EventSpec(type="Normal", reason="DataValidated", message=check_summary(checked))]
+    if dataset.warning_count:
+        shown = "; ".join(dataset.warnings[:3])
+        more = dataset.warning_count - min(len(dataset.warnings), 3)
+        message = f"{dataset.warning_count} data warning(s): {shown}" + (f" (and {more} more)" if more > 0 else "")
+        events.append(EventSpec(type="Warning", reason="DataWarnings", message=message))
+    return events
+
+
 def transition_events(*, previous: FineTuneJobStatus, desired: FineTuneJobStatus) -> list[EventSpec]:
     """The Kubernetes Events a status change deserves: milestones and failures, each once."""
     events: list[EventSpec] = []
     if desired.start_time is not None and previous.start_time is None:
         events.append(EventSpec(type="Normal", reason="TrainingStarted", message="the trainer pods are running"))
+    events.extend(_check_events(previous=previous, desired=desired))
     events.extend(_milestone_events(previous=previous, desired=desired))
     if desired.phase == previous.phase:
         return events
     if desired.phase == "Suspended":
         events.append(EventSpec(type="Normal", reason="Suspended", message="the trainer pods were stopped"))
-    elif previous.phase == "Suspended" and desired.phase in ("Pending", "Running"):
+    elif previous.phase == "Suspended" and desired.phase in ("Pending", "Validating", "Running"):
         events.append(EventSpec(type="Normal", reason="Resumed", message="the trainer Job was resumed"))
     if desired.phase == "Succeeded":
         events.append(EventSpec(type="Normal", reason="Succeeded", message="training finished"))

@@ -16,7 +16,7 @@ ConditionOf = Callable[[dict[str, Any], str], dict[str, Any]]
 def spec_with(**run_policy: Any) -> dict[str, Any]:
     return {
         "model": {"source": "hf://HuggingFaceTB/SmolLM2-135M-Instruct@main"},
-        "dataset": {"train": ["s3://training-data/lamini_docs.jsonl"]},
+        "dataset": {"train": ["s3://training-data/lamini_docs.jsonl"], "preflight": "skip"},
         "output": {"destination": "s3://outputs/run"},
         "runPolicy": run_policy,
     }

@@ -62,7 +62,7 @@ def test_job_spec_carries_the_pod_failure_policy_and_restricted_pods(ftjs: Any) 
 def test_multi_node_job_places_one_pod_per_h100_node_with_node_ranks(ftjs: Any, status: Status) -> None:
     spec = {
         "model": {"source": "hf://HuggingFaceTB/SmolLM2-135M-Instruct@main"},
-        "dataset": {"train": ["s3://training-data/lamini_docs.jsonl"]},
+        "dataset": {"train": ["s3://training-data/lamini_docs.jsonl"], "preflight": "skip"},
         "output": {"destination": "s3://outputs/multi"},
         "resources": {"nodes": 2, "gpusPerNode": 8, "gpuProduct": "NVIDIA-H100-80GB-HBM3"},
     }
@@ -135,7 +135,7 @@ def test_deleting_the_finetunejob_deletes_its_job_and_pods(ftjs: Any) -> None:
 def test_ttl_after_finished_deletes_the_finetunejob(ftjs: Any) -> None:
     spec = {
         "model": {"source": "hf://HuggingFaceTB/SmolLM2-135M-Instruct@main"},
-        "dataset": {"train": ["s3://training-data/lamini_docs.jsonl"]},
+        "dataset": {"train": ["s3://training-data/lamini_docs.jsonl"], "preflight": "skip"},
         "output": {"destination": "s3://outputs/ttl"},
         "runPolicy": {"ttlSecondsAfterFinished": 2},
     }

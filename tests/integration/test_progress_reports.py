@@ -48,6 +48,7 @@ def run_spec(*, output: str, max_steps: int = MAX_STEPS) -> dict[str, Any]:
             "fieldMapping": {"prompt": "question", "completion": "answer"},
             "validationSplit": 0.1,
             "maxSeqLength": 128,
+            "preflight": "skip",
         },
         "method": {"type": "lora", "rank": 4, "alpha": 8, "dropout": 0.0},
         "hyperparameters": {

@@ -34,7 +34,7 @@ RUN_FOR = "kubetune.test/run-for"
 def spec() -> dict[str, Any]:
     return {
         "model": {"source": "pvc://models/tiny"},
-        "dataset": {"train": ["pvc://datasets/lamini.jsonl"]},
+        "dataset": {"train": ["pvc://datasets/lamini.jsonl"], "preflight": "skip"},
         "resources": {"gpusPerNode": 1},
         "output": {"destination": "pvc://outputs/x"},
     }

@@ -84,6 +84,7 @@ RICH_SPEC: dict[str, Any] = {
         "fieldMapping": {"messages": "conversation", "system": "sys"},
         "maxSeqLength": 1024,
         "packing": True,
+        "preflight": "skip",
     },
     "method": {
         "type": "qlora",

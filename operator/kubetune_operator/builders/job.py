@@ -11,11 +11,13 @@ from kubetune.api.resource import FineTuneJob
 from kubetune_operator.builders.names import (
     JOB_SPEC_HASH_ANNOTATION,
     KUEUE_QUEUE_LABEL,
+    PREFLIGHT_CONTAINER,
+    PREFLIGHT_SPEC_HASH_ANNOTATION,
     TRAINER_CONTAINER,
     child_metadata,
     child_names,
 )
-from kubetune_operator.builders.pod import build_pod_template
+from kubetune_operator.builders.pod import build_pod_template, build_preflight_pod_template
 from kubetune_operator.settings import OperatorSettings
 
 
@@ -78,3 +80,39 @@ def job_spec_hash(job_spec: dict[str, Any]) -> str:
     """
     wanted = {key: value for key, value in job_spec.items() if key != "suspend"}
     return hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build_preflight_job(*, ftj: FineTuneJob, settings: OperatorSettings, spec_hash: str) -> dict[str, Any]:
+    """The CPU-only data check (phase Validating): one pod, at most one retry, a deadline.
+
+    It carries no Kueue queue label unless the settings name a CPU queue: the spec's queue holds GPU quota,
+    and a check waiting for (or holding) GPU quota would defeat its purpose.
+    """
+    metadata = child_metadata(ftj=ftj, name=child_names(name=ftj.metadata.name).preflight_job)
+    if settings.preflight_queue_name is not None:
+        metadata["labels"][KUEUE_QUEUE_LABEL] = settings.preflight_queue_name
+    metadata["annotations"] = {PREFLIGHT_SPEC_HASH_ANNOTATION: spec_hash}
+    job_spec: dict[str, Any] = {
+        "completions": 1,
+        "parallelism": 1,
+        # One retry for a crash or a lost node; bad data and bad config fail at once.
+        "backoffLimit": 1,
+        "activeDeadlineSeconds": settings.preflight_deadline_seconds,
+        "suspend": ftj.spec.run_policy.suspend,
+        "podFailurePolicy": {
+            "rules": [
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": PREFLIGHT_CONTAINER,
+                        "operator": "In",
+                        "values": sorted(int(code) for code in FATAL_EXIT_CODES),
+                    },
+                },
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            ]
+        },
+        "podReplacementPolicy": "Failed",
+        "template": build_preflight_pod_template(ftj=ftj, settings=settings),
+    }
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}

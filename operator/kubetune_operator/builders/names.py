@@ -25,15 +25,24 @@ JOB_SPEC_HASH_ANNOTATION = "kubetune.io/job-spec-hash"
 REPORT_CA_FILE_NAME = "report-ca.crt"
 
 
+# On the data-check Job: the digest of the spec fields it checks (kubetune.api.preflight.preflight_spec_hash).
+PREFLIGHT_SPEC_HASH_ANNOTATION = "kubetune.io/preflight-spec-hash"
+PREFLIGHT_CONTAINER = "preflight"
+
+
 @dataclass(frozen=True, kw_only=True)
 class ChildNames:
     config_map: str
     service: str
     job: str
+    # The CPU-only data-check Job (phase Validating).
+    preflight_job: str
 
 
 def child_names(*, name: str) -> ChildNames:
-    return ChildNames(config_map=f"{name}-config", service=f"{name}-workers", job=f"{name}-train")
+    return ChildNames(
+        config_map=f"{name}-config", service=f"{name}-workers", job=f"{name}-train", preflight_job=f"{name}-check"
+    )
 
 
 def child_labels(*, name: str) -> dict[str, str]:

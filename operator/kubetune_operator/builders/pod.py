@@ -22,10 +22,11 @@ from kubetune.api.reports import (
 )
 from kubetune.api.resource import FineTuneJob
 from kubetune.api.spec import FineTuneJobSpec, SecretKeyRef
-from kubetune.api.trainer_config import CONFIG_FILE_NAME, CONFIG_MOUNT_PATH
+from kubetune.api.trainer_config import CONFIG_FILE_NAME, CONFIG_MOUNT_PATH, PREFLIGHT_CONFIG_FILE_NAME
 from kubetune.api.uris import parse_uri, pvc_mount_path
 from kubetune_operator.builders.names import (
     COMPLETION_INDEX_ANNOTATION,
+    PREFLIGHT_CONTAINER,
     REPORT_CA_FILE_NAME,
     TRAINER_CONTAINER,
     child_labels,
@@ -110,10 +111,19 @@ def _env(*, ftj: FineTuneJob, settings: OperatorSettings) -> list[dict[str, Any]
             {"name": REPORT_CA_FILE_ENV, "value": f"{CONFIG_MOUNT_PATH}/{REPORT_CA_FILE_NAME}"},
         ]
     if spec.resources.gpus_per_node == 0:
-        # A pod without a GPU limit on a GPU node still sees every GPU there (the trainer image's
-        # pytorch/pytorch base sets NVIDIA_VISIBLE_DEVICES=all); hiding them keeps a CPU job off GPUs
-        # other pods were given, and the trainer, finding no CUDA device, trains on the CPU with gloo.
-        env.append({"name": "CUDA_VISIBLE_DEVICES", "value": ""})
+        env.append(HIDE_GPUS)
+    return env + _user_env(spec=spec, reserved={item["name"] for item in env})
+
+
+# A pod without a GPU limit on a GPU node still sees every GPU there (the trainer image's pytorch/pytorch
+# base sets NVIDIA_VISIBLE_DEVICES=all); hiding them keeps a CPU pod off GPUs other pods were given, and
+# the trainer, finding no CUDA device, runs on the CPU.
+HIDE_GPUS = {"name": "CUDA_VISIBLE_DEVICES", "value": ""}
+
+
+def _user_env(*, spec: FineTuneJobSpec, reserved: set[str]) -> list[dict[str, Any]]:
+    """Credentials (Secret references) and spec.trainer.env; a user variable never overrides ``reserved``."""
+    env: list[dict[str, Any]] = []
     credentials = spec.credentials
     if credentials.hugging_face_token is not None:
         env.append(_secret_env("HF_TOKEN", credentials.hugging_face_token))
@@ -124,7 +134,7 @@ def _env(*, ftj: FineTuneJob, settings: OperatorSettings) -> list[dict[str, Any]
             env.append({"name": "AWS_ENDPOINT_URL", "value": credentials.s3.endpoint_url})
         if credentials.s3.region is not None:
             env.append({"name": "AWS_REGION", "value": credentials.s3.region})
-    reserved = {item["name"] for item in env}
+    reserved = reserved | {item["name"] for item in env}
     env.extend({"name": e.name, "value": e.value} for e in spec.trainer.env if e.name not in reserved)
     return env
 
@@ -135,8 +145,10 @@ class ClaimMount:
     read_only: bool
 
 
-def claim_mounts(*, spec: FineTuneJobSpec) -> list[ClaimMount]:
-    """Each PVC named by a pvc:// URI, mounted once; read-only unless the output is written to it."""
+def claim_mounts(*, spec: FineTuneJobSpec, output: bool = True) -> list[ClaimMount]:
+    """Each PVC named by a pvc:// URI, mounted once; read-only unless the output is written to it.
+
+    ``output=False``: only what is read (the data check writes nothing)."""
     read = [spec.model.source, *spec.dataset.train]
     if spec.dataset.validation is not None:
         read.append(spec.dataset.validation)
@@ -146,14 +158,15 @@ def claim_mounts(*, spec: FineTuneJobSpec) -> list[ClaimMount]:
         if claim is not None:
             claims.setdefault(claim, True)
     output_claim = parse_uri(spec.output.destination).pvc_claim
-    if output_claim is not None:
+    if output and output_claim is not None:
         claims[output_claim] = False
     return [ClaimMount(claim=claim, read_only=ro) for claim, ro in claims.items()]
 
 
 def _volumes_and_mounts(
-    *, ftj: FineTuneJob, settings: OperatorSettings
+    *, ftj: FineTuneJob, settings: OperatorSettings, training: bool = True
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The trainer's volumes; ``training=False`` (the data check): no output claim and no report token."""
     volumes: list[dict[str, Any]] = [
         {"name": CONFIG_VOLUME, "configMap": {"name": child_names(name=ftj.metadata.name).config_map}},
         # The node's ephemeral storage rather than the container's writable layer.
@@ -165,13 +178,15 @@ def _volumes_and_mounts(
         {"name": CACHE_VOLUME, "mountPath": CACHE_DIR},
         {"name": SCRATCH_VOLUME, "mountPath": SCRATCH_DIR},
     ]
-    for index, mount in enumerate(claim_mounts(spec=ftj.spec)):
+    for index, mount in enumerate(claim_mounts(spec=ftj.spec, output=training)):
         # Claim names can exceed a volume name's 63 characters; the index keeps volume names short and unique.
         volume = f"pvc-{index}"
         volumes.append(
             {"name": volume, "persistentVolumeClaim": {"claimName": mount.claim, "readOnly": mount.read_only}}
         )
         mounts.append({"name": volume, "mountPath": str(pvc_mount_path(mount.claim)), "readOnly": mount.read_only})
+    if not training:
+        return volumes, mounts
     shm = ftj.spec.resources.shared_memory
     if shm is not None:
         volumes.append({"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": shm}})
@@ -284,6 +299,61 @@ def build_pod_template(*, ftj: FineTuneJob, settings: OperatorSettings) -> dict[
         pod_spec["affinity"] = spec.resources.affinity
     if spec.resources.priority_class_name is not None:
         pod_spec["priorityClassName"] = spec.resources.priority_class_name
+    metadata: dict[str, Any] = {"labels": child_labels(name=ftj.metadata.name)}
+    annotations = passthrough_annotations(ftj=ftj, settings=settings)
+    if annotations:
+        metadata["annotations"] = annotations
+    return {"metadata": metadata, "spec": pod_spec}
+
+
+def preflight_command() -> list[str]:
+    return [
+        "python",
+        "-m",
+        "kubetune_trainer",
+        "validate",
+        "--config",
+        f"{CONFIG_MOUNT_PATH}/{PREFLIGHT_CONFIG_FILE_NAME}",
+    ]
+
+
+def build_preflight_pod_template(*, ftj: FineTuneJob, settings: OperatorSettings) -> dict[str, Any]:
+    """The data check's pod: the trainer image on a CPU (no GPU request, GPUs hidden), with the training
+    pods' credentials, input volumes and restricted security, small fixed resources from the settings, and
+    the user's node selector and tolerations but not the GPU product (a CPU pod needs no GPU node)."""
+    spec = ftj.spec
+    volumes, mounts = _volumes_and_mounts(ftj=ftj, settings=settings, training=False)
+    base = [
+        {"name": "KUBETUNE_CACHE_DIR", "value": CACHE_DIR},
+        {"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"},
+        {"name": "HOME", "value": SCRATCH_DIR},
+        HIDE_GPUS,
+    ]
+    quantity = {"cpu": settings.preflight_cpu, "memory": settings.preflight_memory}
+    container: dict[str, Any] = {
+        "name": PREFLIGHT_CONTAINER,
+        "image": spec.trainer.image or settings.trainer_image,
+        "imagePullPolicy": spec.trainer.image_pull_policy or settings.trainer_image_pull_policy,
+        "command": preflight_command(),
+        "env": base + _user_env(spec=spec, reserved={item["name"] for item in base}),
+        "resources": {"requests": dict(quantity), "limits": dict(quantity)},
+        "volumeMounts": mounts,
+        "securityContext": _container_security_context(settings=settings),
+        # The check writes its result there (kubetune.api.preflight); a crash leaves the log's tail.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": _pod_security_context(settings=settings),
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if spec.resources.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.resources.node_selector)
+    if spec.resources.tolerations:
+        pod_spec["tolerations"] = [t.to_wire() for t in spec.resources.tolerations]
     metadata: dict[str, Any] = {"labels": child_labels(name=ftj.metadata.name)}
     annotations = passthrough_annotations(ftj=ftj, settings=settings)
     if annotations:

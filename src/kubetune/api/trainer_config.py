@@ -28,6 +28,8 @@ TRAINER_CONFIG_KIND = "TrainerConfig"
 # Inside the trainer pod: where the ConfigMap is mounted and what the file is called.
 CONFIG_MOUNT_PATH = "/etc/kubetune"
 CONFIG_FILE_NAME = "trainer-config.yaml"
+# The spec-only config the data-check pod reads (the training pods' config carries the resolved values).
+PREFLIGHT_CONFIG_FILE_NAME = "preflight-config.yaml"
 
 
 class RunIdentity(ApiModel):

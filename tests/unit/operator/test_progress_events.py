@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from kubetune_operator.progress import fold_events, human_duration
+from kubetune_operator.progress import fold_events
 from kubetune_operator.status import Observation, compute_status
 
+from kubetune.api.durations import human_duration
 from kubetune.api.progress import (
     CheckpointSavedEvent,
     EvalEvent,

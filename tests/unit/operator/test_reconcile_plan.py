@@ -43,7 +43,7 @@ def ftj(
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": {"source": "hf://HuggingFaceTB/SmolLM2-135M-Instruct@main"},
-        "dataset": {"train": ["s3://training-data/lamini_docs.jsonl"]},
+        "dataset": {"train": ["s3://training-data/lamini_docs.jsonl"], "preflight": "skip"},
         "output": {"destination": "s3://outputs/run-1"},
     }
     return {
@@ -224,7 +224,8 @@ def test_resources_changed_while_suspended_replace_the_job_and_leave_the_status_
     job = {**job, "spec": {**job["spec"], "suspend": True}}
     after = ftj(runPolicy={"suspend": True}, resources={"gpusPerNode": 2}, generation=2)
     result = plan(observed(after, config_map=config_map, service=service, job=job), settings=SETTINGS)
-    assert [type(a) for a in result.actions] == [DeleteJob]
+    # The trainer's config names the hardware it runs on, so it is rewritten with the Job's replacement.
+    assert [type(a) for a in result.actions] == [EnsureChild, DeleteJob]
     assert result.status_patch is None and result.events == ()
 
 
