@@ -58,7 +58,13 @@ def test_every_chart_variable_is_an_operator_setting_and_every_setting_is_set(
     fields = {ENV_PREFIX + name.upper() for name in OperatorSettings.model_fields}
     # Peering and a given TLS Secret add the variables that are set only when they are on.
     everything_on = env(
-        render({"operator": {"peering": {"enabled": True}}, "reports": {"tls": {"secretName": "reports-tls"}}})
+        render(
+            {
+                "operator": {"peering": {"enabled": True}},
+                "reports": {"tls": {"secretName": "reports-tls"}},
+                "dataCheck": {"queueName": "cpu-checks"},
+            }
+        )
     )
     # The CA Secret is the default; a given TLS Secret replaces it.
     rendered = {name for name in [*everything_on, *env(default_manifests)] if name.startswith(ENV_PREFIX)}
@@ -77,6 +83,8 @@ def test_default_environment_is_valid_operator_settings(default_manifests: list[
     assert settings.log_level == "info"
     # One replica, no peering: kopf runs standalone.
     assert settings.peering_name is None
+    # The data check takes no Kueue queue unless one is named.
+    assert settings.preflight_queue_name is None and settings.preflight_memory == "4Gi"
 
 
 def test_values_reach_the_operator_settings(render: Render) -> None:
@@ -97,8 +105,11 @@ def test_values_reach_the_operator_settings(render: Render) -> None:
         },
         "metrics": {"port": 9100},
         "health": {"port": 9101},
+        "dataCheck": {"cpu": "500m", "memory": "2Gi", "activeDeadlineSeconds": 600, "queueName": "cpu-checks"},
     }
     settings = OperatorSettings.from_env(environ=env(render(values)))
+    assert (settings.preflight_cpu, settings.preflight_memory) == ("500m", "2Gi")
+    assert settings.preflight_deadline_seconds == 600 and settings.preflight_queue_name == "cpu-checks"
     assert settings.namespaces == ("team-a", "team-b")
     assert settings.log_level == "debug"
     assert settings.peering_name == "kubetune-ha"
