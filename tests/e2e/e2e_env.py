@@ -6,11 +6,13 @@ How kubetune is installed on the real node (chart values, namespaces, hostPath c
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
+from kube_objects import FineTuneJobs, status_of, wait_for
 from kubetune_operator.errors import ApiError
 from kubetune_operator.k8s import Kube, collection_path, object_path
 from kubetune_testenv.cluster import Cluster, ControlPlane
@@ -19,6 +21,8 @@ from kubetune_testenv.real_node import NodeSettings, sweep_dead_sessions
 from kubetune_testenv.release import ON_CPU_NODE, OPERATOR_NAMESPACE
 from kubetune_testenv.versions import binaries
 from kubetune_testenv.volumes import HostPathClaims
+
+from kubetune.api.progress import EVENT_LINE_PREFIX, parse_event
 
 JOBS_NAMESPACE = "e2e-jobs"
 RELEASE = "e2e"
@@ -119,3 +123,40 @@ def clean_machine() -> dict[str, list[str]]:
         sweep_dead_sessions(binaries().kube, NODE)  # NodeBusyError if a live session holds the node
         left = leftovers()
     return left
+
+
+# Container start, torch import and the tiny model's steps take ~30 s a run here; CI machines are slower.
+RUN_TIMEOUT_S = 420
+
+
+def events_in(log: str) -> list[Any]:
+    return [
+        parse_event(line[len(EVENT_LINE_PREFIX) :]) for line in log.splitlines() if line.startswith(EVENT_LINE_PREFIX)
+    ]
+
+
+def pod_log(cluster: Cluster, pod: str) -> str:
+    """``kubectl logs``: the API server fetches it from the kubelet, as for a user."""
+    result = kubectl(cluster, "logs", f"--namespace={JOBS_NAMESPACE}", pod, "--container=trainer")
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def phases_until(ftjs: FineTuneJobs, name: str, final: str, *, timeout: float = RUN_TIMEOUT_S) -> list[str]:
+    """Every phase seen (in order, without repeats) until ``final`` is reached."""
+    seen: list[str] = []
+
+    def record(obj: dict[str, Any]) -> bool:
+        phase = status_of(obj).get("phase")
+        if phase and (not seen or seen[-1] != phase):
+            seen.append(phase)
+        return phase == final or phase == "Failed"
+
+    try:
+        obj = wait_for(lambda: ftjs.get(name) or {}, record, what=f"{name} to reach {final}", timeout=timeout)
+    except AssertionError:
+        raise AssertionError(
+            f"{name} did not reach {final} in {timeout}s (phases {seen})\n{ftjs.describe(name)}"
+        ) from None
+    assert seen[-1] == final, f"{name} ended {seen[-1]} (phases {seen}); status: {json.dumps(status_of(obj))}"
+    return seen

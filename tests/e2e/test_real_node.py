@@ -13,7 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_env import JOBS_NAMESPACE, OPERATOR_NAMESPACE, Volumes, cpu_spec, kubectl
+from e2e_env import (
+    JOBS_NAMESPACE,
+    OPERATOR_NAMESPACE,
+    RUN_TIMEOUT_S,
+    Volumes,
+    cpu_spec,
+    events_in,
+    kubectl,
+    phases_until,
+    pod_log,
+)
 from kube_objects import FineTuneJobs, condition_of, status_of, wait_for
 from kubetune_operator.errors import ApiError
 from kubetune_operator.k8s import Kube, collection_path, object_path
@@ -21,45 +31,7 @@ from kubetune_testenv.cluster import Cluster
 from kubetune_testenv.real_node import RealNode
 from model_files import SMOLLM2_GGUF
 
-from kubetune.api.progress import EVENT_LINE_PREFIX, parse_event
-
 pytestmark = [pytest.mark.cluster, pytest.mark.real_node]
-
-# Container start, torch import and the tiny model's steps take ~30 s a run here; CI machines are slower.
-RUN_TIMEOUT_S = 420
-
-
-def events_in(log: str) -> list[Any]:
-    return [
-        parse_event(line[len(EVENT_LINE_PREFIX) :]) for line in log.splitlines() if line.startswith(EVENT_LINE_PREFIX)
-    ]
-
-
-def pod_log(cluster: Cluster, pod: str) -> str:
-    """``kubectl logs``: the API server fetches it from the kubelet, as for a user."""
-    result = kubectl(cluster, "logs", f"--namespace={JOBS_NAMESPACE}", pod, "--container=trainer")
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-def phases_until(ftjs: FineTuneJobs, name: str, final: str, *, timeout: float = RUN_TIMEOUT_S) -> list[str]:
-    """Every phase seen (in order, without repeats) until ``final`` is reached."""
-    seen: list[str] = []
-
-    def record(obj: dict[str, Any]) -> bool:
-        phase = status_of(obj).get("phase")
-        if phase and (not seen or seen[-1] != phase):
-            seen.append(phase)
-        return phase == final or phase == "Failed"
-
-    try:
-        obj = wait_for(lambda: ftjs.get(name) or {}, record, what=f"{name} to reach {final}", timeout=timeout)
-    except AssertionError:
-        raise AssertionError(
-            f"{name} did not reach {final} in {timeout}s (phases {seen})\n{ftjs.describe(name)}"
-        ) from None
-    assert seen[-1] == final, f"{name} ended {seen[-1]} (phases {seen}); status: {json.dumps(status_of(obj))}"
-    return seen
 
 
 def wait_for_step(cluster: Cluster, ftjs: FineTuneJobs, name: str, step: int) -> str:
