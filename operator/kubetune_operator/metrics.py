@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from kubetune.api.progress import EvalEvent, ProgressEvent, StepEvent
 from kubetune.api.status import Phase
 
-PHASES: tuple[Phase, ...] = ("Pending", "Running", "Succeeded", "Failed", "Suspended")
+PHASES: tuple[Phase, ...] = ("Pending", "Validating", "Running", "Succeeded", "Failed", "Suspended")
 FINISHED: tuple[Phase, ...] = ("Succeeded", "Failed")
 # Reconciles take milliseconds from the caches; a slow API server makes them take seconds.
 RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
