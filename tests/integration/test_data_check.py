@@ -245,7 +245,8 @@ def test_good_data_fills_the_status_then_runs_with_the_resolved_values(
     assert hp["perDeviceBatchSize"] == result.hyperparameters.per_device_batch_size
     assert hp["totalSteps"] == estimate["optimizerSteps"] == result.hyperparameters.total_steps
     assert estimate["trainTokens"] == dataset["trainTokens"]["total"] * 3
-    assert estimate["duration"] and estimate["gpuHours"] > 0 and estimate["basis"]
+    assert estimate["duration"] and estimate["basis"]
+    assert estimate["gpuHours"] == pytest.approx(estimate["durationSeconds"] / 3600, abs=1e-3)  # one GPU
     assert condition_of(running, "DataValidated")["status"] == "True"
     # The training pods' config carries exactly the resolved values.
     (config_map,) = ftjs.children("configmaps", name)
