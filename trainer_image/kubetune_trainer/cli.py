@@ -1,4 +1,5 @@
-"""``kubetune train --config FILE`` / ``python -m kubetune_trainer train --config FILE``.
+"""``kubetune train --config FILE`` / ``python -m kubetune_trainer train --config FILE``, and the data
+check ``python -m kubetune_trainer validate --config FILE``.
 
 Exit codes are the contract in :mod:`kubetune.api.exit_codes`: 0 done, 65 bad data, 78 bad config,
 75 checkpointed on SIGTERM, 79 diverged; anything else (a crash) is retried by the Job.
@@ -16,10 +17,11 @@ from pathlib import Path, PurePosixPath
 from typing import TextIO
 
 from kubetune.api.exit_codes import ExitCode, reason_for_exit_code
+from kubetune.api.preflight import PreflightOutcome, PreflightResult, encode_result
 from kubetune.api.progress import FailedEvent, StoppedEvent
 from kubetune.api.trainer_config import TrainerConfig, TrainerConfigError, load_trainer_config
 from kubetune.api.uris import PVC_MOUNT_ROOT
-from kubetune_trainer.launcher import record_exit_code, record_failure_message
+from kubetune_trainer.launcher import record_exit_code, record_failure_message, write_termination_message
 from kubetune_trainer.push import PushReporter, PushSettings, PushSettingsError
 from kubetune_trainer.reporting import JsonLinesReporter, Reporter, TeeReporter
 from kubetune_trainer.signals import StopRequest
@@ -29,6 +31,14 @@ log = logging.getLogger("kubetune_trainer")
 
 # Local scratch for downloads and GGUF conversions; an emptyDir in the pod.
 CACHE_DIR_ENV = "KUBETUNE_CACHE_DIR"
+# The data check's exit code for each outcome: the Job fails at once on bad data or config.
+PREFLIGHT_EXIT_CODES: dict[PreflightOutcome, ExitCode] = {
+    "Passed": ExitCode.OK,
+    "BadData": ExitCode.BAD_DATA,
+    "BadConfig": ExitCode.BAD_CONFIG,
+}
+# Problems the data check prints on stderr (the result itself lists at most 10).
+PRINTED_PROBLEMS = 10
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--events-file", type=Path, help="also append progress events (JSON lines) here")
     train.add_argument("--threads", type=int, help="torch intra-op threads (default: one per core)")
     train.add_argument("--no-stdout-events", action="store_true", help="do not print progress events to stdout")
+    validate = sub.add_parser(
+        "validate",
+        help="the data check: validate and tokenize the data, resolve the hyperparameters, estimate the cost; "
+        "the result (JSON) goes to the termination message",
+    )
+    validate.add_argument("--config", required=True, type=Path, help="trainer config (YAML or JSON)")
+    validate.add_argument(
+        "--pvc-root",
+        type=PurePosixPath,
+        default=PVC_MOUNT_ROOT,
+        help=f"where pvc://claim/path URIs are mounted (default {PVC_MOUNT_ROOT})",
+    )
+    validate.add_argument("--result-file", type=Path, help="also write the result (JSON) to this file")
     return parser
 
 
@@ -60,9 +83,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         from kubetune_trainer.launcher import launch
 
         return launch(arguments[1:])
-    code = _train(build_parser().parse_args(arguments))
+    args = build_parser().parse_args(arguments)
+    if args.command == "validate":
+        return _validate(args)
+    code = _train(args)
     record_exit_code(code)
     return code
+
+
+def _validate(args: argparse.Namespace) -> int:
+    """The data check: its result to the termination message (and ``--result-file``), a summary to stderr."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from kubetune_trainer.preflight import bad_config, run_preflight
+
+    try:
+        config = load_trainer_config(args.config)
+    except TrainerConfigError as err:
+        result = bad_config(str(err))
+    else:
+        cache_dir = Path(os.environ.get(CACHE_DIR_ENV) or tempfile.mkdtemp(prefix="kubetune-cache-"))
+        result = run_preflight(config, pvc_root=args.pvc_root, cache_dir=cache_dir)
+    encoded = encode_result(result)
+    write_termination_message(encoded)
+    if args.result_file is not None:
+        args.result_file.write_text(encoded, encoding="utf-8")
+    for line in preflight_summary(result):
+        print(f"kubetune-trainer validate: {line}", file=sys.stderr, flush=True)
+    return int(PREFLIGHT_EXIT_CODES[result.outcome])
+
+
+def preflight_summary(result: PreflightResult) -> list[str]:
+    """The outcome and message, then the first problems, one a line."""
+    lines = [f"{result.outcome}: {result.message}"]
+    dataset = result.dataset
+    if dataset is not None:
+        for problem in dataset.errors[:PRINTED_PROBLEMS]:
+            where = f"{problem.file}:{problem.line}" if problem.line is not None else problem.file
+            lines.append(f"  {where}: {problem.field + ': ' if problem.field else ''}{problem.reason}")
+        if dataset.error_count > len(dataset.errors):
+            lines.append(f"  ... {dataset.error_count} problems in all")
+    return lines
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
+from fsspec import AbstractFileSystem
 from torch import nn
 
 from kubetune.api.spec import MethodSpec, ModelSpec, QuantizationSpec
@@ -23,6 +25,13 @@ from kubetune_trainer.errors import ConfigError
 from kubetune_trainer.settings import Precision
 
 log = logging.getLogger(__name__)
+
+# Files of a model directory that a tokenizer or a model config can read: JSON (config.json,
+# tokenizer.json, tokenizer_config.json, special_tokens_map.json...), vocabularies (vocab.txt, merges.txt,
+# sentencepiece's *.model, *.tiktoken), chat templates (chat_template.jinja, and more of them under
+# additional_chat_templates/) and custom code for trustRemoteCode; never weights.
+TOKENIZER_FILE_SUFFIXES = (".json", ".txt", ".model", ".tiktoken", ".jinja", ".py")
+CHAT_TEMPLATE_DIR = "additional_chat_templates"
 
 DTYPES: dict[str, torch.dtype] = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 PRECISION_DTYPES: dict[Precision, torch.dtype] = {
@@ -55,13 +64,29 @@ class ModelSource:
         return kwargs
 
 
-def resolve_model_source(spec: ModelSpec, *, pvc_root: PurePosixPath = PVC_MOUNT_ROOT, cache_dir: Path) -> ModelSource:
-    """Check the source exists (local) or fetch it (s3://); raise ConfigError naming the field."""
+def resolve_model_source(
+    spec: ModelSpec,
+    *,
+    pvc_root: PurePosixPath = PVC_MOUNT_ROOT,
+    cache_dir: Path,
+    tokenizer_only: bool = False,
+    remote_fs: AbstractFileSystem | None = None,
+) -> ModelSource:
+    """Check the source exists (local) or fetch it (s3://); raise ConfigError naming the field.
+
+    ``tokenizer_only``: fetch from s3:// only the tokenizer and config files (the data check needs no
+    weights). ``remote_fs`` stands in for the s3 filesystem (tests).
+    """
     uri = parse_uri(spec.source)
     if uri.scheme == "hf":
         name = uri.authority
     elif uri.scheme == "s3":
-        name = str(_download_s3_prefix(f"{uri.authority}/{uri.path}", into=cache_dir / "model"))
+        fs = remote_fs if remote_fs is not None else _s3_filesystem()
+        prefix = f"{uri.authority}/{uri.path}"
+        if tokenizer_only:
+            name = str(_download_tokenizer_files(fs, prefix, gguf_file=spec.gguf_file, into=cache_dir / "tokenizer"))
+        else:
+            name = str(_download_s3_prefix(fs, prefix, into=cache_dir / "model"))
     else:
         path = local_path(uri, pvc_root=pvc_root)
         assert path is not None
@@ -80,15 +105,48 @@ def resolve_model_source(spec: ModelSpec, *, pvc_root: PurePosixPath = PVC_MOUNT
     )
 
 
-def _download_s3_prefix(path: str, *, into: Path) -> Path:
+def _s3_filesystem() -> AbstractFileSystem:
     import fsspec
 
     try:
-        fs = fsspec.filesystem("s3")
+        fs: AbstractFileSystem = fsspec.filesystem("s3")
     except ImportError as err:
         raise ConfigError(f"model.source: s3:// needs s3fs, which this environment lacks ({err})") from None
+    return fs
+
+
+def _download_s3_prefix(fs: AbstractFileSystem, path: str, *, into: Path) -> Path:
     if not into.exists():
         fs.get(path, str(into), recursive=True)
+    return into
+
+
+def is_tokenizer_file(relative: str, *, gguf_file: str | None) -> bool:
+    """Whether a file of a model directory is one a tokenizer or a model config reads (never weights)."""
+    if gguf_file is not None and relative == gguf_file:
+        return True  # a GGUF file holds the tokenizer and the config in its metadata, next to its weights
+    folder, _, name = relative.rpartition("/")
+    return folder in ("", CHAT_TEMPLATE_DIR) and name.endswith(TOKENIZER_FILE_SUFFIXES)
+
+
+def _download_tokenizer_files(fs: AbstractFileSystem, path: str, *, gguf_file: str | None, into: Path) -> Path:
+    """The tokenizer and config files under an s3 prefix, copied once into ``into``."""
+    if into.exists():
+        return into
+    root = str(fs._strip_protocol(path)).rstrip("/")
+    wanted = [
+        (found, relative)
+        for found in fs.find(root)
+        if (relative := found[len(root) :].lstrip("/")) and is_tokenizer_file(relative, gguf_file=gguf_file)
+    ]
+    if not wanted:
+        raise ConfigError(f"model.source: no tokenizer or config files under s3://{path}")
+    staging = into.with_name(f".tmp-{into.name}")
+    shutil.rmtree(staging, ignore_errors=True)
+    for found, relative in wanted:
+        (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(found, str(staging / relative))
+    staging.rename(into)
     return into
 
 
@@ -131,6 +189,25 @@ def load_tokenizer(source: ModelSource) -> Any:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def count_base_parameters(source: ModelSource) -> int:
+    """The base model's parameter count from its config alone: the model is built on the meta device
+    (shapes, no memory) and no weight is read. Tied weights count once, as ``model.parameters()`` does."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    kwargs = source.pretrained_kwargs()
+    try:
+        config = AutoConfig.from_pretrained(source.name_or_path, **kwargs)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
+                config, trust_remote_code=source.trust_remote_code
+            )
+    except (OSError, ValueError) as err:
+        if not is_permanent_load_error(err, source=source):
+            raise
+        raise ConfigError(f"model.source: cannot build a causal LM from the config of {source.uri}: {err}") from None
+    return sum(param.numel() for param in model.parameters())
 
 
 def weight_dtype(spec: ModelSpec, *, precision: Precision) -> torch.dtype:

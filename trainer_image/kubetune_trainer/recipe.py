@@ -32,7 +32,7 @@ from kubetune.api.trainer_config import TrainerConfig
 from kubetune.api.uris import PVC_MOUNT_ROOT
 from kubetune_trainer import modeling
 from kubetune_trainer.checkpoint import CheckpointStore, TrainingPosition, load_checkpoint, rng_file
-from kubetune_trainer.data import PreparedData, TokenizedExample, collate, plan_batches, prepare_data
+from kubetune_trainer.data import PreparedData, TokenizedExample, collate, prepare_data
 from kubetune_trainer.errors import DivergedError, StoppedOnSignal
 from kubetune_trainer.generation import SamplePrompt, generate, sample_prompts
 from kubetune_trainer.loss import LabelTokenLoss, label_token_count
@@ -44,15 +44,15 @@ from kubetune_trainer.output import (
     publish_output,
     write_generations,
 )
+from kubetune_trainer.preflight import differences_from_check
 from kubetune_trainer.reporting import NullReporter, Reporter
 from kubetune_trainer.runtime import Runtime, bf16_supported, cuda_available, start_runtime, stop_runtime
 from kubetune_trainer.settings import (
     DeviceType,
-    ResolvedHyperparameters,
-    resolve_batch_size,
+    Precision,
+    epoch_batches,
     resolve_hyperparameters,
     resolve_precision,
-    steps_in_epoch,
 )
 from kubetune_trainer.signals import StopRequest
 from kubetune_trainer.storage import resolve_location, staging_dir
@@ -114,10 +114,10 @@ class FineTuneRecipe:
         if self.options.threads is not None:
             torch.set_num_threads(self.options.threads)
         device_type: DeviceType = "cuda" if cuda_available() else "cpu"
-        precision = resolve_precision(
+        self.precision: Precision = resolve_precision(
             self.config.hyperparameters.precision, device=device_type, bf16_supported=bf16_supported()
         )
-        self.runtime: Runtime = start_runtime(precision=precision)
+        self.runtime: Runtime = start_runtime(precision=self.precision)
         self.reporter: Reporter = self._reporter if self.runtime.is_main else NullReporter()
         self.output = resolve_location(
             self.config.output.destination, field="output.destination", pvc_root=self.options.pvc_root
@@ -127,7 +127,16 @@ class FineTuneRecipe:
         )
         self.tokenizer = modeling.load_tokenizer(self.source)
         self.data = self._prepare_data()
-        self.hp = self._resolve_hyperparameters()
+        self._lengths = [len(e.input_ids) for e in self.data.train]
+        self.hp = resolve_hyperparameters(
+            self.config.hyperparameters,
+            method=self.config.method.type,
+            dataset=self.config.dataset,
+            lengths=self._lengths,
+            world_size=self.runtime.world_size,
+            device=self.runtime.device_type,
+        )
+        self._compare_with_check()
         self._seed_everything(self.hp.seed)
         self.model = self._build_model()
         optimizer = build_optimizer(self.model, hp=self.hp, device=self.runtime.device)
@@ -157,38 +166,30 @@ class FineTuneRecipe:
             pvc_root=self.options.pvc_root,
         )
 
-    def _resolve_hyperparameters(self) -> ResolvedHyperparameters:
-        hp = self.config.hyperparameters
-        batch_size = resolve_batch_size(
-            hp, device=self.runtime.device_type, max_seq_length=self.config.dataset.max_seq_length
+    def _compare_with_check(self) -> None:
+        """The data check planned for the data it read; data changed since then is worth a warning."""
+        validated = self.config.validated
+        if validated is None or not self.runtime.is_main:
+            return
+        differences = differences_from_check(
+            validated,
+            train_examples=len(self.data.train),
+            dataset_sha256=self.data.dataset_sha256,
+            total_steps=self.hp.total_steps,
         )
-        self._lengths = [len(e.input_ids) for e in self.data.train]
-        self._batch_size = batch_size
-
-        def epoch_steps(epoch: int) -> int:
-            return steps_in_epoch(
-                batches=len(self._plan(epoch)),
-                world_size=self.runtime.world_size,
-                gradient_accumulation_steps=hp.gradient_accumulation_steps,
+        if differences:
+            log.warning(
+                "the data changed since the data check (status.dataset, status.hyperparameters describe the "
+                "old data): %s; training goes on with what it read",
+                "; ".join(differences),
             )
 
-        return resolve_hyperparameters(
-            hp,
-            method=self.config.method.type,
-            train_examples=len(self.data.train),
-            per_device_batch_size=batch_size,
-            epoch_steps=epoch_steps,
-            device=self.runtime.device_type,
-            bf16_supported=bf16_supported(),
-        )
-
     def _plan(self, epoch: int) -> list[list[list[int]]]:
-        return plan_batches(
+        return epoch_batches(
             self._lengths,
-            batch_size=self._batch_size,
-            max_seq_length=self.config.dataset.max_seq_length,
-            packing=self.config.dataset.packing,
-            seed=self.config.hyperparameters.seed,
+            dataset=self.config.dataset,
+            batch_size=self.hp.per_device_batch_size,
+            seed=self.hp.seed,
             epoch=epoch,
         )
 
@@ -199,8 +200,8 @@ class FineTuneRecipe:
         torch.manual_seed(seed)
 
     def _build_model(self) -> Any:
-        dtype = modeling.weight_dtype(self.config.model, precision=self.hp.precision)
-        if self.config.method.type == "full" and self.hp.precision == "fp16" and self.config.model.dtype == "auto":
+        dtype = modeling.weight_dtype(self.config.model, precision=self.precision)
+        if self.config.method.type == "full" and self.precision == "fp16" and self.config.model.dtype == "auto":
             dtype = torch.float32  # fp16 autocast needs fp32 master weights for the loss scaler
         quantization = None
         if self.config.method.type == "qlora":
@@ -208,7 +209,7 @@ class FineTuneRecipe:
 
             quantization = self.config.method.quantization or QuantizationSpec()
         compute = quantization.compute_dtype if quantization is not None else "auto"
-        compute_dtype = modeling.PRECISION_DTYPES[self.hp.precision] if compute == "auto" else modeling.DTYPES[compute]
+        compute_dtype = modeling.PRECISION_DTYPES[self.precision] if compute == "auto" else modeling.DTYPES[compute]
         base = modeling.load_model(
             self.source,
             dtype=dtype,
@@ -373,7 +374,7 @@ class FineTuneRecipe:
         grad_norm = self._clip_gradients()
         global_loss = runtime.sum(float(loss_sum.item()))[0] / max(total_label_tokens, 1.0)
         # fp16 runs use a loss scaler that skips overflowing steps itself: an inf norm is normal there.
-        norm_diverged = grad_norm is not None and not math.isfinite(grad_norm) and self.hp.precision != "fp16"
+        norm_diverged = grad_norm is not None and not math.isfinite(grad_norm) and self.precision != "fp16"
         if not math.isfinite(global_loss) or norm_diverged:
             what = "loss" if not math.isfinite(global_loss) else "gradient norm"
             raise DivergedError(
@@ -435,13 +436,8 @@ class FineTuneRecipe:
         was_training = module.training
         module.eval()
         lengths = [len(e.input_ids) for e in self.data.validation]
-        plan = plan_batches(
-            lengths,
-            batch_size=self._batch_size,
-            max_seq_length=self.config.dataset.max_seq_length,
-            packing=self.config.dataset.packing,
-            seed=self.hp.seed,
-            epoch=0,
+        plan = epoch_batches(
+            lengths, dataset=self.config.dataset, batch_size=self.hp.per_device_batch_size, seed=self.hp.seed, epoch=0
         )
         loss_sum = 0.0
         tokens = 0
@@ -592,7 +588,7 @@ class FineTuneRecipe:
 
     def _write_merged(self, staged: Path) -> None:
         """The base in 16 bits (bf16; fp16 when the base was trained in fp16) with the adapter merged."""
-        dtype = torch.float16 if self.hp.precision == "fp16" else torch.bfloat16
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
         merged = modeling.build_merged_model(self.source, adapter_dir=staged / "adapter", dtype=dtype)
         merged.save_pretrained(staged / "merged", safe_serialization=True)
         self.tokenizer.save_pretrained(staged / "merged")

@@ -1,17 +1,20 @@
-"""Resolve the config's ``auto`` and omitted hyperparameters into concrete numbers, once, at start-up.
+"""Resolve the config's ``auto`` and omitted hyperparameters into concrete numbers, once, before training.
 
-Pure functions of the config and a few observed facts (device, data size); no I/O. The defaults are
-the ones documented in :class:`kubetune.api.spec.Hyperparameters`.
+Pure functions of the config and a few observed facts (the training examples' token lengths, the world
+size, the device type); no I/O. The training recipe and the data check (:mod:`kubetune_trainer.preflight`)
+both call :func:`resolve_hyperparameters`, so the step count the check reports is the one training runs.
+The defaults are the ones documented in :class:`kubetune.api.spec.Hyperparameters`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from kubetune.api.spec import Hyperparameters, MethodType
+from kubetune.api.spec import DatasetSpec, Hyperparameters, MethodType
+from kubetune_trainer.data.packing import plan_batches
 
 DeviceType = Literal["cpu", "cuda"]
 Precision = Literal["bf16", "fp16", "fp32"]
@@ -34,23 +37,31 @@ AUTO_BATCH_MAX = 64
 
 @dataclass(frozen=True, kw_only=True)
 class ResolvedHyperparameters:
-    """The numbers the loop runs with; ``total_steps`` and ``warmup_steps`` are optimizer steps."""
+    """The numbers the loop runs with; ``total_steps`` and ``warmup_steps`` are optimizer steps.
+
+    Precision is not here: it depends on the GPU the process finds, so the recipe resolves it itself.
+    """
 
     epochs: int
     # Optimizer steps in each epoch (the last one shortened when maxSteps ends mid-epoch).
     epoch_steps: tuple[int, ...]
     total_steps: int
+    # Passes over the training data: ``epochs``, or less when maxSteps ends mid-epoch (e.g. 2.5).
+    data_passes: float
     learning_rate: float
     warmup_steps: int
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"]
     per_device_batch_size: int
     gradient_accumulation_steps: int
+    world_size: int
     weight_decay: float
     max_grad_norm: float
     seed: int
     gradient_checkpointing: bool
-    precision: Precision
     eval_every_steps: int | None
+    # The spec fields kubetune chose because they were auto or omitted, named as the spec names them
+    # (``epochs``, ``perDeviceBatchSize``, ``learningRate``, ``warmupSteps``).
+    chosen: tuple[str, ...]
 
 
 def auto_epochs(train_examples: int) -> int:
@@ -98,26 +109,66 @@ def steps_in_epoch(*, batches: int, world_size: int, gradient_accumulation_steps
     return max(1, math.ceil(batches / per_step))
 
 
+def epoch_batches(
+    lengths: Sequence[int], *, dataset: DatasetSpec, batch_size: int, seed: int, epoch: int
+) -> list[list[list[int]]]:
+    """The micro-batches of one epoch (batches → rows → example indices), as the loop takes them."""
+    return plan_batches(
+        lengths,
+        batch_size=batch_size,
+        max_seq_length=dataset.max_seq_length,
+        packing=dataset.packing,
+        seed=seed,
+        epoch=epoch,
+    )
+
+
+def chosen_fields(hp: Hyperparameters) -> tuple[str, ...]:
+    """The spec fields left to kubetune (auto or omitted), camelCase."""
+    chosen: list[str] = []
+    if hp.max_steps is None and not isinstance(hp.epochs, int):
+        chosen.append("epochs")
+    if not isinstance(hp.per_device_batch_size, int):
+        chosen.append("perDeviceBatchSize")
+    if hp.learning_rate is None:
+        chosen.append("learningRate")
+    if hp.warmup_steps is None and hp.warmup_ratio is None:
+        chosen.append("warmupSteps")
+    return tuple(chosen)
+
+
 def resolve_hyperparameters(
     hp: Hyperparameters,
     *,
     method: MethodType,
-    train_examples: int,
-    per_device_batch_size: int,
-    epoch_steps: Callable[[int], int],
+    dataset: DatasetSpec,
+    lengths: Sequence[int],
+    world_size: int,
     device: DeviceType,
-    bf16_supported: bool,
 ) -> ResolvedHyperparameters:
-    """``epoch_steps(e)`` is the number of optimizer steps in epoch ``e`` (packing can vary it by epoch)."""
-    steps: list[int] = []
+    """Every hyperparameter made concrete for ``world_size`` processes on ``device``.
+
+    ``lengths`` are the training examples' token counts: the batch plan of each epoch (packing can vary
+    it by epoch) gives that epoch's optimizer steps.
+    """
+    batch_size = resolve_batch_size(hp, device=device, max_seq_length=dataset.max_seq_length)
+
+    def full_epoch_steps(epoch: int) -> int:
+        plan = epoch_batches(lengths, dataset=dataset, batch_size=batch_size, seed=hp.seed, epoch=epoch)
+        return steps_in_epoch(
+            batches=len(plan), world_size=world_size, gradient_accumulation_steps=hp.gradient_accumulation_steps
+        )
+
     if hp.max_steps is not None:
-        while sum(steps) < hp.max_steps:
-            steps.append(epoch_steps(len(steps)))
-        steps[-1] -= sum(steps) - hp.max_steps
+        full: list[int] = []
+        while sum(full) < hp.max_steps:
+            full.append(full_epoch_steps(len(full)))
+        steps = [*full[:-1], full[-1] - (sum(full) - hp.max_steps)]
         total = hp.max_steps
     else:
-        epochs = hp.epochs if isinstance(hp.epochs, int) else auto_epochs(train_examples)
-        steps = [epoch_steps(e) for e in range(epochs)]
+        epochs = hp.epochs if isinstance(hp.epochs, int) else auto_epochs(len(lengths))
+        full = [full_epoch_steps(e) for e in range(epochs)]
+        steps = list(full)
         total = sum(steps)
     if hp.warmup_steps is not None:
         warmup = min(hp.warmup_steps, total)
@@ -128,15 +179,17 @@ def resolve_hyperparameters(
         epochs=len(steps),
         epoch_steps=tuple(steps),
         total_steps=total,
+        data_passes=sum(done / whole for done, whole in zip(steps, full, strict=True)),
         learning_rate=resolve_learning_rate(hp, method=method),
         warmup_steps=warmup,
         scheduler=hp.scheduler,
-        per_device_batch_size=per_device_batch_size,
+        per_device_batch_size=batch_size,
         gradient_accumulation_steps=hp.gradient_accumulation_steps,
+        world_size=world_size,
         weight_decay=hp.weight_decay,
         max_grad_norm=hp.max_grad_norm,
         seed=hp.seed,
         gradient_checkpointing=hp.gradient_checkpointing,
-        precision=resolve_precision(hp.precision, device=device, bf16_supported=bf16_supported),
         eval_every_steps=hp.eval_every_steps,
+        chosen=chosen_fields(hp),
     )

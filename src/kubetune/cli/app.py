@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import typer
 from typer.main import get_command
 
-from kubetune.cli import data, jobs, local, manifests
+from kubetune.cli import data, estimate, jobs, local, manifests
 from kubetune.cli.errors import CliError, CliExit
 from kubetune.cli.trainer import run_trainer
 
@@ -29,6 +29,7 @@ app.command("suspend")(jobs.suspend)
 app.command("resume")(jobs.resume)
 app.command("validate")(manifests.validate)
 app.command("validate-data")(data.validate_data)
+app.command("estimate")(estimate.estimate)
 app.command("crd")(manifests.crd)
 app.command("docs")(manifests.docs)
 app.command("quickstart-data")(manifests.quickstart_data)

@@ -107,7 +107,7 @@ def warning_lines(report: DataReport, *, names: Mapping[str, str]) -> list[str]:
     return [f"warning: {shorten(warning, names=names)}" for warning in report.warnings]
 
 
-def _quiet_trainer_logs() -> None:
+def quiet_trainer_logs() -> None:
     # The trainer logs its progress and warnings for the pod's log; here the report says it all.
     logger = logging.getLogger("kubetune_trainer")
     if not logger.handlers:
@@ -166,7 +166,7 @@ def validate_data(
         from kubetune_trainer.data.report import report_to_dict
     except ImportError as err:
         raise CliError(f"validate-data runs the trainer, whose dependencies are missing: {err}") from None
-    _quiet_trainer_logs()
+    quiet_trainer_logs()
     try:
         if tokenizer is None:
             report = check_data(spec, seed=seed)

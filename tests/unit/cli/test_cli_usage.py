@@ -17,7 +17,7 @@ from kubetune.cli.errors import CliExit
 from kubetune.cli.render import OutputFormat
 from kubetune.cli.watch import watch
 
-COMMANDS = ["submit", "status", "logs", "list", "cancel", "suspend", "resume", "validate", "validate-data"]
+COMMANDS = ["submit", "status", "logs", "list", "cancel", "suspend", "resume", "validate", "validate-data", "estimate"]
 
 
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:

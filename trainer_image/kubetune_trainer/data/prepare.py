@@ -77,7 +77,7 @@ class _Collector:
         path = write_report(self.report, directory=self.report_dir) if self.report_dir else None
         count = self.report.error_count
         summary = f"{stage}: {count} problem{'s' if count != 1 else ''} in the dataset"
-        raise DataError(summary, errors=self.report.errors, report_path=path)
+        raise DataError(summary, errors=self.report.errors, report_path=path, report=self.report)
 
 
 def prepare_data(

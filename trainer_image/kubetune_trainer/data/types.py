@@ -107,15 +107,24 @@ class DataError(Exception):
     """The data is unusable (bad records, missing files...). The trainer exits with BAD_DATA.
 
     ``errors`` lists each problem as (source "file:line", field, message); ``report_path`` is the
-    written ``data-report.json`` when a report directory was given.
+    written ``data-report.json`` when a report directory was given; ``report`` is what the validation pass
+    had found when it stopped (its ``error_count`` counts the problems beyond those listed).
     """
 
     exit_code = ExitCode.BAD_DATA
 
-    def __init__(self, summary: str, *, errors: list[DataIssue] | None = None, report_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        summary: str,
+        *,
+        errors: list[DataIssue] | None = None,
+        report_path: Path | None = None,
+        report: DataReport | None = None,
+    ) -> None:
         self.summary = summary
         self.errors: list[DataIssue] = list(errors or [])
         self.report_path = report_path
+        self.report = report
         super().__init__(self._render())
 
     def _render(self) -> str:

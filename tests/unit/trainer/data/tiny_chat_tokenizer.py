@@ -6,6 +6,7 @@ It behaves like SmolLM2's where it matters (a ChatML template that injects a def
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 # A ChatML template written for these tests, shaped like SmolLM2's: a default system prompt unless the
@@ -38,3 +39,26 @@ def build_tiny_tokenizer(*, chat_template: str | None = CHATML_TEMPLATE) -> Any:
     tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS})
     tokenizer.chat_template = chat_template
     return tokenizer
+
+
+def write_config_only_model(directory: Path) -> Path:
+    """A model directory without weights: this tokenizer and a 2-layer Llama ``config.json``, everything
+    the data check reads (it never loads weights)."""
+    from transformers import LlamaConfig
+
+    tokenizer = build_tiny_tokenizer()
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(directory)
+    LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    ).save_pretrained(directory)
+    return directory
