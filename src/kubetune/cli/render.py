@@ -215,6 +215,7 @@ def status_fields(view: JobView, *, now: datetime) -> list[tuple[str, str]]:
         ]
     if progress is not None and progress.eta_seconds is not None and not view.finished:
         fields.append(("ETA", short_duration(progress.eta_seconds)))
+    fields += check_fields(status, finished=view.finished)
     if status.start_time is not None:
         fields.append(("Started", f"{age(status.start_time, now=now)} ago"))
     if status.completion_time is not None:
@@ -227,6 +228,40 @@ def status_fields(view: JobView, *, now: datetime) -> list[tuple[str, str]]:
         merged = ", merged model" if status.output.merged else ""
         fields.append(("Output", f"{status.output.uri}{merged}"))
     return [(label, value) for label, value in fields if value != NONE]
+
+
+def check_fields(status: FineTuneJobStatus, *, finished: bool) -> list[tuple[str, str]]:
+    """What the data check found: the data, the resolved hyperparameters, the estimate."""
+    fields: list[tuple[str, str]] = []
+    dataset, hp, estimate = status.dataset, status.hyperparameters, status.estimate
+    if dataset is not None:
+        tokens = dataset.train_tokens
+        fields.append(
+            (
+                "Data",
+                f"{count(dataset.train_examples)} train / {count(dataset.validation_examples)} validation examples, "
+                f"{count(tokens.total)} tokens (p95 {tokens.p95}, max {tokens.max} per example)",
+            )
+        )
+        if dataset.error_count:
+            fields.append(("Data problems", f"{dataset.error_count} (see status.dataset.errors)"))
+        if dataset.warning_count:
+            fields.append(("Data warnings", "; ".join(dataset.warnings[:3])))
+    if hp is not None:
+        chosen = f" (kubetune chose {', '.join(hp.chosen)})" if hp.chosen else ""
+        fields.append(
+            (
+                "Plan",
+                f"{hp.epochs} epoch(s), {hp.total_steps} steps of {hp.per_device_batch_size} x {hp.world_size}, "
+                f"learning rate {hp.learning_rate:g}{chosen}",
+            )
+        )
+    if estimate is not None and estimate.duration is not None:
+        gpu_hours = f", {estimate.gpu_hours:g} GPU-hours" if estimate.gpu_hours is not None else ""
+        fields.append(("Estimate", f"{estimate.duration}{gpu_hours} ({estimate.basis or 'estimate'})"))
+    if estimate is not None and estimate.estimated_finish_time is not None and not finished:
+        fields.append(("Finishes", estimate.estimated_finish_time.isoformat()))
+    return fields
 
 
 def failure_fields(view: JobView) -> list[tuple[str, str]]:

@@ -138,3 +138,34 @@ def test_json_and_yaml_dumps_round_trip_the_object() -> None:
     assert json.loads(dump(obj, output=OutputFormat.json)) == obj
     assert yaml.safe_load(dump(obj, output=OutputFormat.yaml)) == obj
     assert object_ref("demo") == "finetunejob.kubetune.io/demo"
+
+
+def test_status_shows_what_the_data_check_found() -> None:
+    status = {
+        "phase": "Running",
+        "dataset": {
+            "specHash": "h",
+            "trainExamples": 1260,
+            "validationExamples": 140,
+            "trainTokens": {"total": 241930, "p95": 390, "max": 1800},
+            "warningCount": 1,
+            "warnings": ["only 40 training examples"],
+        },
+        "hyperparameters": {
+            "epochs": 3,
+            "totalSteps": 474,
+            "perDeviceBatchSize": 8,
+            "gradientAccumulationSteps": 1,
+            "worldSize": 1,
+            "learningRate": 0.0002,
+            "warmupSteps": 15,
+            "chosen": ["epochs", "learningRate"],
+        },
+        "estimate": {"duration": "12m", "gpuHours": 0.2, "basis": "NVIDIA-H100, lora (estimate)"},
+    }
+    fields = dict(status_fields(JobView.from_object(ftj("demo", status=status)), now=NOW))
+    assert fields["Data"].startswith("1,260 train / 140 validation examples")
+    assert "p95 390" in fields["Data"]
+    assert fields["Data warnings"] == "only 40 training examples"
+    assert fields["Plan"] == "3 epoch(s), 474 steps of 8 x 1, learning rate 0.0002 (kubetune chose epochs, learningRate)"
+    assert fields["Estimate"] == "12m, 0.2 GPU-hours (NVIDIA-H100, lora (estimate))"
