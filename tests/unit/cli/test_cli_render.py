@@ -167,5 +167,7 @@ def test_status_shows_what_the_data_check_found() -> None:
     assert fields["Data"].startswith("1,260 train / 140 validation examples")
     assert "p95 390" in fields["Data"]
     assert fields["Data warnings"] == "only 40 training examples"
-    assert fields["Plan"] == "3 epoch(s), 474 steps of 8 x 1, learning rate 0.0002 (kubetune chose epochs, learningRate)"
+    assert fields["Plan"] == (
+        "3 epoch(s), 474 steps of 8 x 1, learning rate 0.0002 (kubetune chose epochs, learningRate)"
+    )
     assert fields["Estimate"] == "12m, 0.2 GPU-hours (NVIDIA-H100, lora (estimate))"
