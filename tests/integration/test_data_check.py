@@ -22,7 +22,7 @@ import yaml
 from kube_objects import FineTuneJobs, condition_of, status_of, wait_for
 from kubernetes import client, watch
 from kubernetes.client import ApiClient
-from kubetune_operator.builders.names import FINETUNEJOB_LABEL, child_names
+from kubetune_operator.builders.names import FINETUNEJOB_LABEL, KUEUE_QUEUE_LABEL, child_names
 from kubetune_operator.k8s import Kube, object_path
 from kubetune_testenv.stages import EXIT_CODE, MESSAGE, RUN_FOR
 from operator_harness import OperatorProcess
@@ -322,3 +322,25 @@ def test_skip_goes_straight_to_the_training_job(admin: Kube, operator: OperatorP
     assert [j["metadata"]["name"] for j in ftjs.children("jobs", name)] == [child_names(name=name).job]
     assert "dataset" not in status_of(running)
     assert not [c for c in status_of(running)["conditions"] if c["type"] == "DataValidated"]
+
+
+def test_the_check_takes_no_gpu_queue_label_and_the_training_job_does(
+    admin: Kube, operator: OperatorProcess, check_namespace: str, claims: Path, tmp_path: Path
+) -> None:
+    """Kueue manages only Jobs with a queue label (manageJobsWithoutQueueName is off by default): the check,
+    without one, is never held for the GPU queue's quota; the training Job carries the spec's queue."""
+    ftjs = FineTuneJobs(kube=admin, namespace=check_namespace)
+    name = "queued-check"
+    ftjs.create(name, spec=check_spec(runPolicy={"queueName": "gpu-queue"}), annotations={RUN_FOR: "3600s"})
+    names = child_names(name=name)
+    (check,) = [j for j in ftjs.children("jobs", name) if j["metadata"]["name"] == names.preflight_job]
+    assert KUEUE_QUEUE_LABEL not in check["metadata"]["labels"] and check["spec"]["suspend"] is False
+    code, message = check_and_finish(ftjs, admin, name, pvc_root=claims, workdir=tmp_path)
+    assert code == 0, message
+    training = wait_for(
+        lambda: [j for j in ftjs.children("jobs", name) if j["metadata"]["name"] == names.job],
+        bool,
+        what="the training Job",
+        timeout=60,
+    )
+    assert training[0]["metadata"]["labels"][KUEUE_QUEUE_LABEL] == "gpu-queue"
