@@ -120,7 +120,7 @@ class FineTuneRecipe:
         self.runtime: Runtime = start_runtime(precision=self.precision)
         self.reporter: Reporter = self._reporter if self.runtime.is_main else NullReporter()
         self.output = resolve_location(
-            self.config.output.destination, field="output.destination", pvc_root=self.options.pvc_root
+            self.config.destination, field="output.destination", pvc_root=self.options.pvc_root
         )
         self.source = modeling.resolve_model_source(
             self.config.model, pvc_root=self.options.pvc_root, cache_dir=self.options.cache_dir

@@ -157,7 +157,8 @@ def claim_mounts(*, spec: FineTuneJobSpec, output: bool = True) -> list[ClaimMou
         claim = parse_uri(uri).pvc_claim
         if claim is not None:
             claims.setdefault(claim, True)
-    output_claim = parse_uri(spec.output.destination).pvc_claim
+    destination = spec.output.destination
+    output_claim = parse_uri(destination).pvc_claim if destination is not None else None
     if output and output_claim is not None:
         claims[output_claim] = False
     return [ClaimMount(claim=claim, read_only=ro) for claim, ro in claims.items()]

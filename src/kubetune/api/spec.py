@@ -23,6 +23,8 @@ QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 # Env var and label names; kept simple and strict.
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+# A FineTuneProfile's name (a cluster-scoped object name).
+PROFILE_NAME_PATTERN = SECRET_NAME_PATTERN
 
 
 def _int_or_auto(*, minimum: int, maximum: int, field: str) -> WithJsonSchema:
@@ -447,8 +449,12 @@ class CheckpointingSpec(ApiModel):
 class OutputSpec(ApiModel):
     """Where the trained artifact goes."""
 
-    destination: Uri = Field(
-        description="Output location (pvc://, s3:// or file://). Checkpoints go under <destination>/checkpoints."
+    destination: Uri | None = Field(
+        default=None,
+        description=(
+            "Output location (pvc://, s3:// or file://). Checkpoints go under <destination>/checkpoints. "
+            "Omitted: <outputBase>/<name> of the job's FineTuneProfile (required without one)."
+        ),
     )
     merge_adapter: bool = Field(
         default=False,
@@ -457,8 +463,8 @@ class OutputSpec(ApiModel):
 
     @field_validator("destination")
     @classmethod
-    def _check_destination(cls, value: str) -> str:
-        if value.startswith("hf://"):
+    def _check_destination(cls, value: str | None) -> str | None:
+        if value is not None and value.startswith("hf://"):
             raise ValueError("output.destination must be pvc://, s3:// or file://, not hf://")
         return value
 
@@ -488,7 +494,7 @@ class RunPolicy(ApiModel):
     )
 
 
-IMMUTABLE_SPEC_FIELDS = ("model", "dataset", "method", "hyperparameters", "output")
+IMMUTABLE_SPEC_FIELDS = ("model", "dataset", "method", "hyperparameters", "output", "profile")
 
 
 def immutable_rule(field: str) -> dict[str, str]:
@@ -529,7 +535,18 @@ class FineTuneJobSpec(ApiModel):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Hardware per run.")
     trainer: TrainerSpec = Field(default_factory=TrainerSpec, description="The trainer container.")
     checkpointing: CheckpointingSpec = Field(default_factory=CheckpointingSpec, description="Checkpoints.")
-    output: OutputSpec = Field(description="Where the trained artifact goes.")
+    output: OutputSpec = Field(default_factory=OutputSpec, description="Where the trained artifact goes.")
+    profile: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        pattern=PROFILE_NAME_PATTERN,
+        description=(
+            "The FineTuneProfile (defaults and limits set by the platform team) to run under. A namespace "
+            "labelled kubetune.io/profile binds its jobs to that profile: this must then be empty or the same. "
+            "Empty: the namespace's profile, else the default profile, else none."
+        ),
+    )
     run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Retries, deadlines, queueing.")
     credentials: Credentials = Field(default_factory=Credentials, description="Secret references.")
 

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from kubetune.api.base import ApiModel
+from kubetune.api.profile import ProfileDefaults
 
 Phase = Literal["Pending", "Validating", "Running", "Succeeded", "Failed", "Suspended"]
 ConditionStatus = Literal["True", "False", "Unknown"]
@@ -167,6 +168,25 @@ class Estimate(ApiModel):
     )
 
 
+class AppliedProfile(ApiModel):
+    """The FineTuneProfile this job runs under, recorded when the operator first saw the job: later edits of
+    the profile change new jobs, never this one."""
+
+    name: str = Field(max_length=253, description="The FineTuneProfile's name.")
+    chosen_by: Literal["namespace", "spec", "default"] = Field(
+        description="namespace (its kubetune.io/profile label), spec (spec.profile) or default (spec.default)."
+    )
+    uid: str | None = Field(default=None, max_length=64, description="The profile's uid.")
+    resource_version: str | None = Field(default=None, max_length=64, description="Its resourceVersion then.")
+    generation: int | None = Field(default=None, ge=0, description="Its generation then.")
+    defaults: ProfileDefaults = Field(
+        default_factory=ProfileDefaults, description="Its defaults then: what the children are built with."
+    )
+    applied: list[Annotated[str, Field(max_length=MAX_DATA_TEXT)]] = Field(
+        default_factory=list, max_length=32, description="What the profile filled in, e.g. spec.trainer.image: ..."
+    )
+
+
 class FineTuneJobStatus(ApiModel):
     """Observed state."""
 
@@ -197,3 +217,4 @@ class FineTuneJobStatus(ApiModel):
         default=None, description="The resolved hyperparameters the training pods run with."
     )
     estimate: Estimate | None = Field(default=None, description="Estimated tokens, steps, duration and GPU-hours.")
+    profile: AppliedProfile | None = Field(default=None, description="The FineTuneProfile the job runs under.")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from kubetune.api.base import ApiModel
 from kubetune.api.spec import (
@@ -94,6 +94,19 @@ class TrainerConfig(ApiModel):
                 gpu_product=spec.resources.gpu_product,
             ),
         )
+
+    @model_validator(mode="after")
+    def _output_is_known(self) -> TrainerConfig:
+        # A FineTuneJob may leave it to its profile; the operator writes the resolved one here.
+        if self.output.destination is None:
+            raise ValueError("output.destination: required in a trainer config")
+        return self
+
+    @property
+    def destination(self) -> str:
+        """``output.destination``, which the validator makes sure is set."""
+        assert self.output.destination is not None
+        return self.output.destination
 
     def with_resolved(self, resolved: ResolvedHyperparameters, *, dataset: DatasetStatus) -> TrainerConfig:
         """This config with every auto or omitted hyperparameter replaced by the data check's value."""
