@@ -11,8 +11,11 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from kubetune.api.profile import PROFILE_LABEL, PROFILE_PLURAL
+from kubetune.api.resource import API_VERSION
 from kubetune_operator import k8s
 from kubetune_operator.builders.names import FINETUNEJOB_LABEL, child_names
+from kubetune_operator.errors import NotFound
 
 Obj = Mapping[str, Any]
 # The metadata fields the plan and the status computation read.
@@ -39,6 +42,7 @@ _KEPT = {
     "ConfigMap": ("data",),
     "Service": (),
     "Pod": ("status",),
+    "FineTuneProfile": ("spec",),
 }
 
 
@@ -54,6 +58,14 @@ class Reader(Protocol):
         ...
 
     def pods(self, *, namespace: str, ftj_name: str) -> Sequence[Obj]: ...
+
+    def profiles(self) -> Sequence[Obj]:
+        """Every FineTuneProfile (cluster-scoped)."""
+        ...
+
+    def namespace_profile(self, namespace: str) -> str | None:
+        """The value of the namespace's kubetune.io/profile label, if any."""
+        ...
 
 
 def slim(obj: Mapping[str, Any], *, kind: str) -> dict[str, Any]:
@@ -154,6 +166,22 @@ class ApiReader:
     def pods(self, *, namespace: str, ftj_name: str) -> Sequence[Obj]:
         items = self._list(api_version="v1", plural="pods", namespace=namespace, ftj_name=ftj_name)
         return [slim(item, kind="Pod") for item in items]
+
+    def profiles(self) -> Sequence[Obj]:
+        path = k8s.collection_path(api_version=API_VERSION, plural=PROFILE_PLURAL, namespace=None)
+        try:
+            items = self._kube.request("GET", path).get("items") or []
+        except NotFound:  # the FineTuneProfile CRD is not installed: no profiles
+            return []
+        return [slim(item, kind="FineTuneProfile") for item in items]
+
+    def namespace_profile(self, namespace: str) -> str | None:
+        path = k8s.object_path(api_version="v1", plural="namespaces", namespace=None, name=namespace)
+        try:
+            labels = (self._kube.request("GET", path).get("metadata") or {}).get("labels") or {}
+        except NotFound:
+            return None
+        return labels.get(PROFILE_LABEL)
 
     def _list(self, *, api_version: str, plural: str, namespace: str, ftj_name: str) -> list[Obj]:
         path = k8s.collection_path(api_version=api_version, plural=plural, namespace=namespace)

@@ -22,6 +22,7 @@ from typing import Any
 
 import kopf
 
+from kubetune.api.profile import PROFILE_LABEL, PROFILE_PLURAL
 from kubetune.api.resource import GROUP, PLURAL, VERSION
 from kubetune_operator import k8s
 from kubetune_operator.builders.names import FINETUNEJOB_LABEL, child_names
@@ -105,10 +106,18 @@ class IndexReader:
     a store of slimmed objects; kopf mutates it on its event loop, and a ``list`` of it is one C-level copy.
     """
 
-    NAMES = ("finetunejob_cache", "job_cache", "configmap_cache", "service_cache", "pod_cache")
+    NAMES = (
+        "finetunejob_cache",
+        "job_cache",
+        "configmap_cache",
+        "service_cache",
+        "pod_cache",
+        "profile_cache",
+        "namespace_cache",
+    )
 
     def __init__(self) -> None:
-        self._indices: dict[str, Mapping[tuple[str, str], Any]] = {}
+        self._indices: dict[str, Mapping[Any, Any]] = {}
         self.written = Written()
 
     def bind(self, kwargs: Mapping[str, Any]) -> None:
@@ -149,6 +158,29 @@ class IndexReader:
 
     def pods(self, *, namespace: str, ftj_name: str) -> Sequence[Obj]:
         return self._get("pod_cache", namespace=namespace, name=ftj_name)
+
+    def profiles(self) -> Sequence[Obj]:
+        index = self._indices["profile_cache"]
+        return [obj for name in list(index) for obj in list(index[name])]
+
+    def namespace_profile(self, namespace: str) -> str | None:
+        store = self._indices["namespace_cache"].get(namespace)
+        values = [value for value in list(store or []) if value]
+        return str(values[0]) if values else None
+
+    def waiting_for_profiles(self, *, namespace: str | None = None) -> list[tuple[str, str]]:
+        """FineTuneJobs that have no profile recorded yet, in ``namespace`` or everywhere: the ones a new,
+        changed or deleted profile (or a namespace's label) may decide."""
+        index = self._indices["finetunejob_cache"]
+        out = []
+        for key in list(index):
+            if namespace is not None and key[0] != namespace:
+                continue
+            for obj in list(index[key]):
+                status = obj.get("status") or {}
+                if not status.get("profile") and status.get("phase") not in TERMINAL_PHASES:
+                    out.append(key)
+        return out
 
 
 def register(
@@ -310,6 +342,29 @@ def register(
     @kopf.index("v1", "pods", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, id="pod_cache", registry=registry)
     async def pod_cache(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace, labels[FINETUNEJOB_LABEL]): slim(body, kind="Pod")}
+
+    @kopf.index(GROUP, VERSION, PROFILE_PLURAL, id="profile_cache", registry=registry)
+    async def profile_cache(name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        return {name: slim(body, kind="FineTuneProfile")}
+
+    @kopf.index("v1", "namespaces", id="namespace_cache", registry=registry)
+    async def namespace_cache(name: str, labels: Mapping[str, str], **_: Any) -> dict[Any, Any]:
+        # Only the profile label: the namespaces' other metadata is never read.
+        return {name: labels.get(PROFILE_LABEL)}
+
+    @kopf.on.event(GROUP, VERSION, PROFILE_PLURAL, registry=registry)
+    async def profile_changed(**kwargs: Any) -> None:
+        # A profile created, changed or deleted decides the jobs still waiting for theirs; running jobs keep
+        # the profile recorded in their status.
+        reader.bind(kwargs)
+        for key in reader.waiting_for_profiles():
+            requeue.schedule(key, after=0.0, trigger="profile")
+
+    @kopf.on.event("v1", "namespaces", registry=registry)
+    async def namespace_changed(name: str, **kwargs: Any) -> None:
+        reader.bind(kwargs)
+        for key in reader.waiting_for_profiles(namespace=name):
+            requeue.schedule(key, after=0.0, trigger="profile")
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def finetunejob_changed(namespace: str | None, name: str, type: str | None, uid: str, **kwargs: Any) -> None:

@@ -32,12 +32,15 @@ REQUEST_TIMEOUT = 30.0
 _PLURALS = {"ConfigMap": "configmaps", "Service": "services", "Job": "jobs", KIND: PLURAL}
 
 
-def collection_path(*, api_version: str, plural: str, namespace: str) -> str:
+def collection_path(*, api_version: str, plural: str, namespace: str | None) -> str:
+    """The path of a collection; ``namespace`` None for a cluster-scoped kind."""
     prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    if namespace is None:
+        return f"{prefix}/{plural}"
     return f"{prefix}/namespaces/{quote(namespace)}/{plural}"
 
 
-def object_path(*, api_version: str, plural: str, namespace: str, name: str) -> str:
+def object_path(*, api_version: str, plural: str, namespace: str | None, name: str) -> str:
     return f"{collection_path(api_version=api_version, plural=plural, namespace=namespace)}/{quote(name)}"
 
 

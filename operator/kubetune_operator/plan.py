@@ -15,7 +15,7 @@ from typing import Any
 from kubetune.api.preflight import preflight_spec_hash
 from kubetune.api.progress import ProgressEvent
 from kubetune.api.resource import KIND, FineTuneJob
-from kubetune.api.status import FineTuneJobStatus, Phase
+from kubetune.api.status import AppliedProfile, FineTuneJobStatus, Phase
 from kubetune.api.validation import spec_errors
 from kubetune_operator.builders import build_children
 from kubetune_operator.builders.event import EventSpec
@@ -26,8 +26,10 @@ from kubetune_operator.builders.names import (
 )
 from kubetune_operator.preflight import Checked, CheckView, from_status, read_check
 from kubetune_operator.preflight import job_spec_hash as check_job_hash
+from kubetune_operator.profiles import OUTSIDE_PROFILE, ProfileStage, profile_stage
 from kubetune_operator.settings import OperatorSettings
 from kubetune_operator.status import (
+    INVALID_SPEC,
     TERMINAL_PHASES,
     UNSCHEDULABLE,
     Observation,
@@ -73,6 +75,9 @@ class Observed:
     # The data-check Job and its pods (phase Validating).
     check_job: Obj | None = None
     check_pods: Sequence[Obj] = ()
+    # Every FineTuneProfile, and the profile the namespace's kubetune.io/profile label names.
+    profiles: Sequence[Obj] = ()
+    namespace_profile: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,6 +146,27 @@ def plan(observed: Observed, *, settings: OperatorSettings) -> Plan:
         return _with_status(observed, previous=previous, desired=desired)
     # The stored status is parsed apart (parse_status): an unreadable one must not block the spec.
     ftj = FineTuneJob.from_object({**observed.ftj, "status": {}})
+    # A job that ran before profiles existed (children and a phase, no record) keeps running as written.
+    legacy = previous.profile is None and previous.phase is not None and (observed.job or observed.check_job)
+    profile = (
+        ProfileStage(spec=ftj.spec)
+        if legacy
+        else profile_stage(
+            ftj, recorded=previous.profile, profiles=observed.profiles, namespace_profile=observed.namespace_profile
+        )
+    )
+    if profile.waiting is not None or profile.outside or profile.invalid:
+        desired = _desired(
+            observed,
+            previous=previous,
+            settings=settings,
+            problems=profile.outside or profile.invalid,
+            problem_reason=OUTSIDE_PROFILE if profile.outside else INVALID_SPEC,
+            waiting=profile.waiting,
+            profile=profile.record,
+        )
+        return _with_status(observed, previous=previous, desired=desired)
+    ftj = ftj.model_copy(update={"spec": profile.spec})
     stage = _check_stage(observed, ftj=ftj, previous=previous)
     checked = stage.checked if stage.checked is not None and stage.checked.passed else None
     children = build_children(
@@ -168,7 +194,15 @@ def plan(observed: Observed, *, settings: OperatorSettings) -> Plan:
         if not _is_current(current, manifest, uid=meta["uid"])
     ]
     if job is None and stage.enabled and checked is None:
-        return _plan_check(observed, previous=previous, settings=settings, ftj=ftj, stage=stage, actions=actions)
+        return _plan_check(
+            observed,
+            previous=previous,
+            settings=settings,
+            ftj=ftj,
+            stage=stage,
+            actions=actions,
+            profile=profile.record,
+        )
     if job is None and stage.stale is not None:
         # The check passed for this spec, and an older one's Job is still there: it goes (its result is in
         # the status), so a later re-check cannot mistake it for its own.
@@ -200,6 +234,7 @@ def plan(observed: Observed, *, settings: OperatorSettings) -> Plan:
         suspend=suspend,
         nodes=ftj.spec.resources.nodes,
         stage=stage,
+        profile=profile.record,
     )
     if desired.failure is not None and desired.failure.reason == UNSCHEDULABLE and not _suspended(job):
         # Stop the pods that will never run; the suspended Job stays for inspection.
@@ -269,6 +304,7 @@ def _plan_check(
     ftj: FineTuneJob,
     stage: _CheckStage,
     actions: list[Action],
+    profile: AppliedProfile | None,
 ) -> Plan:
     """No training Job yet and the data check has not passed: run it (phase Validating)."""
     children = build_children(ftj=ftj, settings=settings, report_ca=observed.report_ca)
@@ -314,6 +350,7 @@ def _plan_check(
             check_pods=pods,
             check=view,
             checked=view.checked,
+            profile=profile,
         )
     )
     if desired.failure is not None and desired.failure.reason == UNSCHEDULABLE and not _suspended(check_job):
@@ -336,6 +373,9 @@ def _desired(
     suspend: bool = False,
     nodes: int = 1,
     stage: _CheckStage | None = None,
+    problem_reason: str = INVALID_SPEC,
+    waiting: str | None = None,
+    profile: AppliedProfile | None = None,
 ) -> FineTuneJobStatus:
     return compute_status(
         Observation(
@@ -352,6 +392,9 @@ def _desired(
             pod_creation_failures=observed.pod_creation_failures if job is not None else (),
             data_check=stage is not None and stage.enabled,
             checked=stage.checked if stage is not None else None,
+            problem_reason=problem_reason,
+            waiting_for_profile=waiting,
+            profile=profile,
         )
     )
 

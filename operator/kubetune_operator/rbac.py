@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from kubetune.api.profile import PROFILE_PLURAL
 from kubetune.api.resource import GROUP, PLURAL
 
 
@@ -34,6 +35,8 @@ RULES: tuple[PolicyRule, ...] = (
     # Watch FineTuneJobs; kopf patches away the finalizer earlier versions kept; the TTL deletes finished ones.
     PolicyRule(api_groups=(GROUP,), resources=(PLURAL,), verbs=("get", "list", "watch", "patch", "delete")),
     PolicyRule(api_groups=(GROUP,), resources=(f"{PLURAL}/status",), verbs=("get", "patch")),
+    # FineTuneProfiles are read only: the platform team writes them.
+    PolicyRule(api_groups=(GROUP,), resources=(PROFILE_PLURAL,), verbs=("get", "list", "watch")),
     # Owner references with blockOwnerDeletion need update on the owner's finalizers subresource
     # where the OwnerReferencesPermissionEnforcement admission plugin is on (OpenShift, hardened clusters).
     PolicyRule(api_groups=(GROUP,), resources=(f"{PLURAL}/finalizers",), verbs=("update",)),

@@ -156,6 +156,9 @@ def observe(
         report_ca=report_ca,
         check_job=check_job,
         check_pods=check_pods,
+        # A finished job's plan reads no profile.
+        profiles=reader.profiles() if not finished else (),
+        namespace_profile=reader.namespace_profile(namespace) if not finished else None,
     )
 
 

@@ -24,6 +24,7 @@ from kubetune.api.status import (
     SUCCEEDED,
     SUSPENDED,
     VALIDATED,
+    AppliedProfile,
     Condition,
     ConditionStatus,
     Estimate,
@@ -39,6 +40,7 @@ from kubetune_operator.progress import fold_events
 
 TERMINAL_PHASES: tuple[Phase, ...] = ("Succeeded", "Failed")
 INVALID_SPEC = "InvalidSpec"
+PROFILE_NOT_FOUND = "ProfileNotFound"
 UNSCHEDULABLE = "Unschedulable"
 # Pending because the Job controller's pod creation is refused; the Job keeps retrying with backoff, so the
 # job starts once the quota is raised or other jobs finish.
@@ -100,6 +102,12 @@ class Observation:
     check_pods: Sequence[Obj] = ()
     check: CheckView | None = None
     checked: Checked | None = None
+    # Why spec_problems fail the job (InvalidSpec, or OutsideProfile for a profile's limits).
+    problem_reason: str = INVALID_SPEC
+    # Set while the job's FineTuneProfile does not exist: it waits, Pending, for the profile.
+    waiting_for_profile: str | None = None
+    # The profile recorded for the job (status.profile); None keeps the previous record.
+    profile: AppliedProfile | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -281,8 +289,11 @@ def _check_outcome(obs: Observation, check: CheckView) -> _Outcome:
 def _outcome(obs: Observation) -> _Outcome:
     if obs.spec_problems:
         message = "; ".join(obs.spec_problems)
-        failure = Failure(reason=INVALID_SPEC, message=message)
-        return _Outcome(phase="Failed", reason=INVALID_SPEC, message=message, failure=failure, completion_time=obs.now)
+        reason = obs.problem_reason
+        failure = Failure(reason=reason, message=message)
+        return _Outcome(phase="Failed", reason=reason, message=message, failure=failure, completion_time=obs.now)
+    if obs.waiting_for_profile is not None:
+        return _Outcome(phase="Pending", reason=PROFILE_NOT_FOUND, message=obs.waiting_for_profile)
     if obs.job is None and obs.check is not None:
         return _check_outcome(obs, obs.check)
     if obs.job is None:
@@ -311,9 +322,9 @@ def _outcome(obs: Observation) -> _Outcome:
 
 def _conditions(obs: Observation, outcome: _Outcome) -> list[Condition]:
     phase = outcome.phase
-    valid = not obs.spec_problems
+    valid = not obs.spec_problems and obs.waiting_for_profile is None
     wanted: list[tuple[str, ConditionStatus, str, str]] = [
-        (VALIDATED, "True", "SpecValid", "") if valid else (VALIDATED, "False", INVALID_SPEC, outcome.message),
+        (VALIDATED, "True", "SpecValid", "") if valid else (VALIDATED, "False", outcome.reason, outcome.message),
         (RUNNING, "True", outcome.reason, outcome.message)
         if phase == "Running"
         else (RUNNING, "False", outcome.reason, outcome.message),
@@ -428,6 +439,7 @@ def compute_status(obs: Observation) -> FineTuneJobStatus:
         dataset=checked.dataset if checked is not None else None,
         hyperparameters=checked.hyperparameters if checked is not None else None,
         estimate=_estimate(obs, phase=outcome.phase, progress=reported.progress),
+        profile=obs.profile if obs.profile is not None else previous.profile,
     )
 
 
@@ -488,6 +500,23 @@ def _milestone_events(*, previous: FineTuneJobStatus, desired: FineTuneJobStatus
     return events
 
 
+def _profile_events(*, previous: FineTuneJobStatus, desired: FineTuneJobStatus) -> list[EventSpec]:
+    """ProfileApplied when a profile is first recorded; ProfileMissing when it is deleted under the job."""
+    before, after = previous.profile, desired.profile
+    if after is None:
+        return []
+    if before is None:
+        filled = "; ".join(after.applied) if after.applied else "nothing to fill in"
+        message = f"FineTuneProfile {after.name} (chosen by {after.chosen_by}): {filled}"
+        return [EventSpec(type="Normal", reason="ProfileApplied", message=message)]
+    if after.missing and not before.missing:
+        message = (
+            f"FineTuneProfile {after.name} was deleted; the job goes on with the defaults recorded in status.profile"
+        )
+        return [EventSpec(type="Warning", reason="ProfileMissing", message=message)]
+    return []
+
+
 def _check_events(*, previous: FineTuneJobStatus, desired: FineTuneJobStatus) -> list[EventSpec]:
     """DataValidated when the data check passed for this spec, and its warnings (one Event for all)."""
     dataset = desired.dataset
@@ -511,6 +540,7 @@ def transition_events(*, previous: FineTuneJobStatus, desired: FineTuneJobStatus
     events: list[EventSpec] = []
     if desired.start_time is not None and previous.start_time is None:
         events.append(EventSpec(type="Normal", reason="TrainingStarted", message="the trainer pods are running"))
+    events.extend(_profile_events(previous=previous, desired=desired))
     events.extend(_check_events(previous=previous, desired=desired))
     events.extend(_milestone_events(previous=previous, desired=desired))
     if desired.phase == previous.phase:

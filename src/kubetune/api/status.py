@@ -182,8 +182,14 @@ class AppliedProfile(ApiModel):
     defaults: ProfileDefaults = Field(
         default_factory=ProfileDefaults, description="Its defaults then: what the children are built with."
     )
+    max_active_deadline_seconds: int | None = Field(
+        default=None, ge=1, description="Its limits.maxActiveDeadlineSeconds then (the deadline of a job without one)."
+    )
     applied: list[Annotated[str, Field(max_length=MAX_DATA_TEXT)]] = Field(
         default_factory=list, max_length=32, description="What the profile filled in, e.g. spec.trainer.image: ..."
+    )
+    missing: bool | None = Field(
+        default=None, description="True once the profile was deleted (or replaced): the job goes on with this record."
     )
 
 

@@ -48,10 +48,13 @@ def test_handlers_watch_finetunejobs_and_their_labelled_jobs_and_pods() -> None:
         ("", "pods"),
         ("", "configmaps"),
         ("", "services"),
+        # Cluster-scoped: the profiles, and the namespaces' kubetune.io/profile labels.
+        ("kubetune.io", "finetuneprofiles"),
+        ("", "namespaces"),
     }
     assert indexed == watched
     for handler in [*registry._watching.get_all_handlers(), *registry._indexing.get_all_handlers()]:  # children
-        if handler.selector.group != "kubetune.io":  # type: ignore[union-attr]
+        if handler.selector.group != "kubetune.io" and handler.selector.any_name != "namespaces":  # type: ignore[union-attr]
             assert "kubetune.io/finetunejob" in (handler.labels or {})
 
 
