@@ -215,6 +215,9 @@ def status_fields(view: JobView, *, now: datetime) -> list[tuple[str, str]]:
         ]
     if progress is not None and progress.eta_seconds is not None and not view.finished:
         fields.append(("ETA", short_duration(progress.eta_seconds)))
+    if status.profile is not None:
+        gone = ", deleted since" if status.profile.missing else ""
+        fields.append(("Profile", f"{status.profile.name} (by {status.profile.chosen_by}{gone})"))
     fields += check_fields(status, finished=view.finished)
     if status.start_time is not None:
         fields.append(("Started", f"{age(status.start_time, now=now)} ago"))

@@ -162,6 +162,7 @@ def test_status_shows_what_the_data_check_found() -> None:
             "chosen": ["epochs", "learningRate"],
         },
         "estimate": {"duration": "12m", "gpuHours": 0.2, "basis": "NVIDIA-H100, lora (estimate)"},
+        "profile": {"name": "small", "chosenBy": "namespace", "missing": True},
     }
     fields = dict(status_fields(JobView.from_object(ftj("demo", status=status)), now=NOW))
     assert fields["Data"].startswith("1,260 train / 140 validation examples")
@@ -171,3 +172,4 @@ def test_status_shows_what_the_data_check_found() -> None:
         "3 epoch(s), 474 steps of 8 x 1, learning rate 0.0002 (kubetune chose epochs, learningRate)"
     )
     assert fields["Estimate"] == "12m, 0.2 GPU-hours (NVIDIA-H100, lora (estimate))"
+    assert fields["Profile"] == "small (by namespace, deleted since)"
