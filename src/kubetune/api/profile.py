@@ -112,13 +112,14 @@ class ProfileDefaults(ApiModel):
     def _check_output_base(cls, value: str | None) -> str | None:
         if value is None:
             return value
+        scheme, _, rest = value.partition("://")
+        if scheme not in ("pvc", "s3", "file") or not rest.strip("/"):
+            raise ValueError(f"must be a pvc://, s3:// or file:// URI with a path, got {value!r}")
         example = value.replace(NAMESPACE_PLACEHOLDER, "team-a").rstrip("/") + "/job"
         try:
-            uri = parse_uri(example)
+            parse_uri(example)
         except UriError as err:
-            raise ValueError(f"outputBase: {err}") from None
-        if uri.scheme == "hf":
-            raise ValueError("outputBase must be pvc://, s3:// or file://, not hf://")
+            raise ValueError(f"{value!r} does not make valid destinations: {err}") from None
         return value
 
 
