@@ -68,6 +68,7 @@ from kubetune.api.resource import GROUP, KIND, PLURAL, VERSION
 
 REPO = Path(__file__).resolve().parents[1]
 CRD_FILE = REPO / "crds" / "finetunejobs.yaml"
+PROFILE_CRD_FILE = REPO / "crds" / "finetuneprofiles.yaml"
 OPERATOR_NAMESPACE = "kubetune-system"
 OPERATOR_ACCOUNT = "kubetune-operator"
 OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}"
@@ -403,8 +404,10 @@ def api_client(kubeconfig: Path) -> ApiClient:
 
 
 def install_crd(api: ApiClient) -> None:
+    """Both CRDs (the operator also watches FineTuneProfiles); the benchmark waits for FineTuneJobs'."""
     manifest = yaml.safe_load(CRD_FILE.read_text(encoding="utf-8"))
     extensions = client.ApiextensionsV1Api(api)
+    extensions.create_custom_resource_definition(yaml.safe_load(PROFILE_CRD_FILE.read_text(encoding="utf-8")))
     extensions.create_custom_resource_definition(manifest)
 
     def established() -> bool:

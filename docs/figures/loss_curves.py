@@ -88,7 +88,7 @@ def main() -> int:
     operator = prometheus = trainer = None
     try:
         plane.start()
-        plane.kubectl("apply", "-f", str(REPO / "crds" / "finetunejobs.yaml"))
+        plane.kubectl("apply", "-f", str(REPO / "crds"))
         for namespace in (OPERATOR_NAMESPACE, NAMESPACE):
             plane.kubectl("create", "namespace", namespace)
         time.sleep(5)  # the default ServiceAccounts

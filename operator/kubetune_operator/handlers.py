@@ -168,9 +168,12 @@ class IndexReader:
         values = [value for value in list(store or []) if value]
         return str(values[0]) if values else None
 
-    def waiting_for_profiles(self, *, namespace: str | None = None) -> list[tuple[str, str]]:
-        """FineTuneJobs that have no profile recorded yet, in ``namespace`` or everywhere: the ones a new,
-        changed or deleted profile (or a namespace's label) may decide."""
+    def waiting_for_profiles(
+        self, *, namespace: str | None = None, recorded: str | None = None
+    ) -> list[tuple[str, str]]:
+        """Unfinished FineTuneJobs with no profile recorded yet (in ``namespace``, or everywhere): the ones a
+        profile or a namespace's label may decide; with ``recorded``, also those that recorded that profile
+        (its deletion or re-creation is reported in their status)."""
         index = self._indices["finetunejob_cache"]
         out = []
         for key in list(index):
@@ -178,7 +181,10 @@ class IndexReader:
                 continue
             for obj in list(index[key]):
                 status = obj.get("status") or {}
-                if not status.get("profile") and status.get("phase") not in TERMINAL_PHASES:
+                if status.get("phase") in TERMINAL_PHASES:
+                    continue
+                name = (status.get("profile") or {}).get("name")
+                if name is None or (recorded is not None and name == recorded):
                     out.append(key)
         return out
 
@@ -353,11 +359,12 @@ def register(
         return {name: labels.get(PROFILE_LABEL)}
 
     @kopf.on.event(GROUP, VERSION, PROFILE_PLURAL, registry=registry)
-    async def profile_changed(**kwargs: Any) -> None:
-        # A profile created, changed or deleted decides the jobs still waiting for theirs; running jobs keep
-        # the profile recorded in their status.
+    async def profile_changed(name: str, type: str | None, **kwargs: Any) -> None:
+        # A profile created, changed or deleted decides the jobs still waiting for theirs. Jobs that recorded
+        # it keep their record, and only hear of its deletion or re-creation (an edit changes nothing).
         reader.bind(kwargs)
-        for key in reader.waiting_for_profiles():
+        recorded = name if type in ("ADDED", "DELETED") else None
+        for key in reader.waiting_for_profiles(recorded=recorded):
             requeue.schedule(key, after=0.0, trigger="profile")
 
     @kopf.on.event("v1", "namespaces", registry=registry)

@@ -7,6 +7,7 @@ exactly ``kubetune_operator.rbac.RULES``: a missing permission fails these tests
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ from operator_harness import OPERATOR_NAMESPACE, REPORTS_CA, OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / "finetunejobs.yaml"
+# Every CRD the operator and the admission policy read: FineTuneJob first, FineTuneProfile.
+CRD_FILES = (CRD_FILE, REPO / "crds" / "finetuneprofiles.yaml")
 OPERATOR_ACCOUNT = "kubetune-operator"
 
 
@@ -35,29 +38,36 @@ def _create_or_keep(kube: Kube, path: str, body: dict[str, Any]) -> None:
 
 @pytest.fixture(scope="session")
 def crd(admin: Kube) -> dict[str, Any]:
-    """The committed CRD, installed and Established."""
-    manifest: dict[str, Any] = yaml.safe_load(CRD_FILE.read_text(encoding="utf-8"))
+    """The committed CRDs (FineTuneJob and FineTuneProfile), installed and Established; the FineTuneJob one."""
+    manifests: list[dict[str, Any]] = [yaml.safe_load(f.read_text(encoding="utf-8")) for f in CRD_FILES]
     path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
-    _create_or_keep(admin, path, manifest)
+    for manifest in manifests:
+        _create_or_keep(admin, path, manifest)
 
     def established(obj: dict[str, Any] | None) -> bool:
         conditions = ((obj or {}).get("status") or {}).get("conditions") or []
         return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 
-    name = manifest["metadata"]["name"]
-    wait_for(lambda: admin.get(f"{path}/{name}"), established, what="the CRD to be Established", timeout=30)
+    for name in (manifest["metadata"]["name"] for manifest in manifests):
+        wait_for(
+            partial(admin.get, f"{path}/{name}"),
+            established,
+            what=f"the CRD {name} to be Established",
+            timeout=30,
+        )
 
     def servable() -> bool:
         # A new CRD's watch cache answers lists with 429 "storage is (re)initializing" for a while; an
         # operator started then waits out kopf's retry backoff (about a minute) before it handles anything.
         try:
-            admin.request("GET", "/apis/kubetune.io/v1alpha1/finetunejobs")
+            for manifest in manifests:
+                admin.request("GET", f"/apis/kubetune.io/v1alpha1/{manifest['spec']['names']['plural']}")
         except ApiError:
             return False
         return True
 
-    wait_for(servable, bool, what="FineTuneJobs to be listable", timeout=60)
-    return manifest
+    wait_for(servable, bool, what="FineTuneJobs and FineTuneProfiles to be listable", timeout=60)
+    return manifests[0]
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,11 @@
-"""Render the FineTuneJob API reference (``docs/api.md``) from the generated CRD.
+"""Render the API reference (``docs/api.md``) of every kind, FineTuneJob then FineTuneProfile, from the CRDs.
 
 The reference walks the CRD's structural schema, not the pydantic models directly, so it documents
 exactly what the API server enforces: the wire (camelCase) names, defaults the server fills in,
 bounds, enums and the CEL rules with the messages a user will see when ``kubectl apply`` is rejected.
 One section per object, named by its path (``spec.dataset.fieldMapping``); arrays of objects get a
-section named with ``[]`` (``spec.resources.tolerations[]``).
+section named with ``[]`` (``spec.resources.tolerations[]``). The kinds after the first name their sections
+with the kind in front (``FineTuneProfile.spec.limits``), so no two headings share an anchor.
 
 Regenerate with ``kubetune docs -o docs/api.md``; a unit test fails while the committed file is stale.
 """
@@ -14,10 +15,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from kubetune.api.crd import build_crd
+from kubetune.api.crd import KINDS, build_crd
 
 Schema = dict[str, Any]
 
@@ -36,23 +37,30 @@ class ObjectSection:
 
 
 def render_api_markdown() -> str:
-    """The Markdown API reference of the FineTuneJob CRD that :func:`kubetune.api.crd.build_crd` emits."""
-    return render_crd_markdown(crd=build_crd())
+    """The Markdown API reference of every kind :func:`kubetune.api.crd.build_crd` emits, in ``KINDS`` order."""
+    lines = [HEADER]
+    for index, kind in enumerate(KINDS):
+        lines += _kind_lines(crd=build_crd(kind), section_prefix=f"{kind.kind}." if index else "")
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def render_crd_markdown(*, crd: Schema) -> str:
     """The Markdown reference of any single-version CRD object (a dict as ``build_crd`` returns)."""
+    return "\n".join([HEADER, *_kind_lines(crd=crd, section_prefix="")]).rstrip("\n") + "\n"
+
+
+def _kind_lines(*, crd: Schema, section_prefix: str) -> list[str]:
+    """One kind's part of the reference; its object sections are titled ``<section_prefix><path>``."""
     spec = crd["spec"]
     names = spec["names"]
     version = spec["versions"][0]
     root: Schema = version["schema"]["openAPIV3Schema"]
     kind = names["kind"]
     lines = [
-        HEADER,
         f"# {kind} API reference",
         "",
         f"`apiVersion: {spec['group']}/{version['name']}` · `kind: {kind}` · "
-        f"{spec['scope'].lower()} · plural `{names['plural']}`"
+        f"{_scope(spec['scope'])} · plural `{names['plural']}`"
         + "".join(f" · short name `{s}`" for s in names.get("shortNames", []))
         + "".join(f" · category `{c}`" for c in names.get("categories", [])),
         "",
@@ -63,25 +71,37 @@ def render_crd_markdown(*, crd: Schema) -> str:
         "message `kubectl` prints when one fails.",
         "",
     ]
-    lines += _printer_columns(version.get("additionalPrinterColumns", []))
-    root = _describe_standard_fields(root, api_version=f"{spec['group']}/{version['name']}", kind=kind)
+    lines += _printer_columns(version.get("additionalPrinterColumns", []), kind=kind if section_prefix else "")
+    root = _describe_standard_fields(
+        root, api_version=f"{spec['group']}/{version['name']}", kind=kind, cluster_scoped=spec["scope"] == "Cluster"
+    )
     sections = [ObjectSection(path=kind, prefix="", schema=root)]
     for name, prop in root.get("properties", {}).items():
         sections += _nested_sections(prop, path=name)
-    lines += ["## Contents", ""]
+    if section_prefix:
+        sections = [
+            section if section.path == kind else replace(section, path=f"{section_prefix}{section.path}")
+            for section in sections
+        ]
+    lines += [f"## {kind} contents" if section_prefix else "## Contents", ""]
     lines += [f"- [`{s.path}`](#{_slug(s.path)})" for s in sections]
     lines.append("")
     for section in sections:
-        lines += _render_section(section)
-    return "\n".join(lines).rstrip("\n") + "\n"
+        lines += _render_section(section, section_prefix=section_prefix)
+    return lines
 
 
-def _describe_standard_fields(root: Schema, *, api_version: str, kind: str) -> Schema:
+def _scope(scope: str) -> str:
+    return "cluster-scoped" if scope == "Cluster" else scope.lower()
+
+
+def _describe_standard_fields(root: Schema, *, api_version: str, kind: str, cluster_scoped: bool) -> Schema:
     """The CRD leaves apiVersion, kind and metadata undescribed (the API server owns them); say what they hold."""
+    held = "name, labels, annotations; no namespace" if cluster_scoped else "name, namespace, labels, annotations"
     standard = {
         "apiVersion": f"`{api_version}`",
         "kind": f"`{kind}`",
-        "metadata": "Standard Kubernetes object metadata (name, namespace, labels, annotations).",
+        "metadata": f"Standard Kubernetes object metadata ({held}).",
     }
     properties = {
         name: prop if prop.get("description") or name not in standard else {**prop, "description": standard[name]}
@@ -90,11 +110,12 @@ def _describe_standard_fields(root: Schema, *, api_version: str, kind: str) -> S
     return {**root, "properties": properties}
 
 
-def _printer_columns(columns: list[Schema]) -> list[str]:
+def _printer_columns(columns: list[Schema], *, kind: str) -> list[str]:
+    """The columns table; ``kind`` (when set) goes in its heading, so each kind's has its own anchor."""
     if not columns:
         return []
     lines = [
-        "## `kubectl get` columns",
+        f"## {kind} `kubectl get` columns" if kind else "## `kubectl get` columns",
         "",
         "| Column | JSON path | Shown |",
         "| --- | --- | --- |",
@@ -117,7 +138,7 @@ def _nested_sections(node: Schema, *, path: str) -> Iterator[ObjectSection]:
         yield from _nested_sections(node["additionalProperties"], path=f"{path}.*")
 
 
-def _render_section(section: ObjectSection) -> list[str]:
+def _render_section(section: ObjectSection, *, section_prefix: str) -> list[str]:
     node = section.schema
     lines = [f"## `{section.path}`", ""]
     if node.get("description"):
@@ -133,7 +154,7 @@ def _render_section(section: ObjectSection) -> list[str]:
             child_path = f"{section.prefix}{name}"
             cells = [
                 f"`{name}`",
-                _type_of(prop, path=child_path),
+                _type_of(prop, path=f"{section_prefix}{child_path}"),
                 "yes" if name in required else "",
                 _default_of(prop),
                 "; ".join(_constraints(prop)),

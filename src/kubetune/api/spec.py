@@ -539,7 +539,8 @@ class FineTuneJobSpec(ApiModel):
     profile: str | None = Field(
         default=None,
         min_length=1,
-        max_length=253,
+        # A namespace names its profile in a label, whose values are at most 63 characters.
+        max_length=63,
         pattern=PROFILE_NAME_PATTERN,
         description=(
             "The FineTuneProfile (defaults and limits set by the platform team) to run under. A namespace "

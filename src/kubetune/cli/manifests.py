@@ -32,16 +32,45 @@ def _emit(text: str, output: str | None) -> None:
         _write_atomically(Path(output), text)
 
 
-def crd(output: OutputFileOption = None) -> int:
-    """Print the FineTuneJob CustomResourceDefinition, generated from the API models."""
-    from kubetune.api.crd import render_crd_yaml
+def crd(
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "-o",
+            "--output",
+            help=(
+                "Write to this file (atomically) instead of stdout; a directory (existing, or ending in /) gets one "
+                "file per kind, <plural>.yaml, e.g. crds/finetunejobs.yaml and crds/finetuneprofiles.yaml."
+            ),
+        ),
+    ] = None,
+    kind: Annotated[
+        str | None,
+        typer.Option(
+            "--kind", help="Only this kind: FineTuneJob or FineTuneProfile (or a plural, singular or short name)."
+        ),
+    ] = None,
+) -> int:
+    """Print the CustomResourceDefinitions (FineTuneJob, FineTuneProfile), generated from the API models."""
+    from kubetune.api.crd import KINDS, kind_named, render_crd_yaml
 
-    _emit(render_crd_yaml(), output)
+    try:
+        kinds = KINDS if kind is None else (kind_named(kind),)
+    except KeyError as err:
+        raise CliError(str(err.args[0]), code=CliExit.USAGE) from None
+    if output is not None and (output.endswith("/") or Path(output).is_dir()):
+        directory = Path(output)
+        directory.mkdir(parents=True, exist_ok=True)
+        for each in kinds:
+            _write_atomically(directory / each.file_name, render_crd_yaml(each))
+    else:
+        # One YAML stream: each document starts with the generator's header comment and "---".
+        _emit("---\n".join(render_crd_yaml(each) for each in kinds), output)
     return CliExit.OK
 
 
 def docs(output: OutputFileOption = None) -> int:
-    """Print the API reference (Markdown), generated from the API models."""
+    """Print the API reference (Markdown) of FineTuneJob and FineTuneProfile, generated from the API models."""
     from kubetune.api.docs import render_api_markdown
 
     _emit(render_api_markdown(), output)

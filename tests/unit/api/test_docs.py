@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from kubetune.api.crd import build_crd
+from kubetune.api.crd import FINETUNEPROFILE, build_crd
 from kubetune.api.docs import render_api_markdown, render_crd_markdown
 
 REPO = Path(__file__).resolve().parents[3]
@@ -54,11 +54,20 @@ def _object_paths(node: dict[str, Any], path: str) -> list[str]:
     return found
 
 
-def test_every_object_in_the_crd_has_a_section_and_every_field_a_row(markdown: str) -> None:
-    root = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-    for top in ("spec", "status"):
+@pytest.mark.parametrize(
+    ("crd", "prefix", "tops"),
+    [
+        pytest.param(build_crd(), "", ("spec", "status"), id="FineTuneJob"),
+        pytest.param(build_crd(FINETUNEPROFILE), "FineTuneProfile.", ("spec",), id="FineTuneProfile"),
+    ],
+)
+def test_every_object_in_the_crd_has_a_section_and_every_field_a_row(
+    markdown: str, crd: dict[str, Any], prefix: str, tops: tuple[str, ...]
+) -> None:
+    root = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for top in tops:
         for path in _object_paths(root["properties"][top], top):
-            section = _section(markdown, path)
+            section = _section(markdown, prefix + path)
             node = root
             for part in path.split("."):
                 node = node["properties"][part.removesuffix("[]")]
@@ -123,3 +132,27 @@ def test_header_names_the_resource_and_how_to_regenerate(markdown: str) -> None:
     assert "`apiVersion: kubetune.io/v1alpha1` · `kind: FineTuneJob` · namespaced" in markdown
     assert "short name `ftj`" in markdown
     assert "| Method | `.spec.method.type` | with `-o wide` |" in markdown
+
+
+def test_the_profile_reference_follows_the_job_reference(markdown: str) -> None:
+    assert markdown.index("# FineTuneJob API reference") < markdown.index("# FineTuneProfile API reference")
+    assert "`apiVersion: kubetune.io/v1alpha1` · `kind: FineTuneProfile` · cluster-scoped" in markdown
+    assert "short name `ftprofile`" in markdown
+    assert "| Max GPUs/node | `.spec.limits.maxGpusPerNode` | always |" in markdown
+    root = _section(markdown, "FineTuneProfile")
+    assert _row(root, "spec")[1:3] == ["[object](#finetuneprofilespec)", "yes"]
+    assert "no namespace" in _row(root, "metadata")[5]
+    limits = _section(markdown, "FineTuneProfile.spec.limits")
+    assert _row(limits, "maxGpusPerNode")[4] == "≥ 0; ≤ 16"
+    assert "one of `lora`, `qlora`, `dora`, `full`" in _row(limits, "allowedMethods")[4]
+    assert _row(limits, "allowImageOverride")[3] == "`true`"
+
+
+def test_no_two_headings_share_an_anchor(markdown: str) -> None:
+    anchors = [
+        re.sub(r"[^a-z0-9 _-]", "", h.lower()).strip().replace(" ", "-")
+        for h in re.findall(r"^#+ (.*)$", markdown, flags=re.M)
+    ]
+    assert len(anchors) == len(set(anchors)), sorted(a for a in anchors if anchors.count(a) > 1)
+    for link in set(re.findall(r"\]\(#([^)]*)\)", markdown)):
+        assert link in anchors, link

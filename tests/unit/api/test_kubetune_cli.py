@@ -3,8 +3,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
-from kubetune.api.crd import render_crd_yaml
+from kubetune.api.crd import FINETUNEJOB, FINETUNEPROFILE, build_crd, render_crd_yaml
 from kubetune.cli import main
 
 GOOD = """\
@@ -18,11 +19,31 @@ spec:
 """
 
 
-def test_crd_command_writes_the_rendered_crd_atomically(tmp_path: Path) -> None:
+def test_crd_command_writes_one_kind_to_a_file_atomically(tmp_path: Path) -> None:
     target = tmp_path / "crd.yaml"
-    assert main(["crd", "-o", str(target)]) == 0
-    assert target.read_text() == render_crd_yaml()
+    assert main(["crd", "--kind", "FineTuneJob", "-o", str(target)]) == 0
+    assert target.read_text() == render_crd_yaml(FINETUNEJOB)
     assert [p.name for p in tmp_path.iterdir()] == ["crd.yaml"]
+
+
+def test_crd_command_writes_every_kind_into_a_folder(tmp_path: Path) -> None:
+    assert main(["crd", "-o", f"{tmp_path / 'crds'}/"]) == 0
+    written = {p.name: p.read_text() for p in (tmp_path / "crds").iterdir()}
+    assert written == {
+        "finetunejobs.yaml": render_crd_yaml(FINETUNEJOB),
+        "finetuneprofiles.yaml": render_crd_yaml(FINETUNEPROFILE),
+    }
+
+
+def test_crd_command_prints_every_kind_as_one_yaml_stream(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["crd"]) == 0
+    documents = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert documents == [build_crd(FINETUNEJOB), build_crd(FINETUNEPROFILE)]
+
+
+def test_crd_command_refuses_an_unknown_kind(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["crd", "--kind", "jobs"]) == 2
+    assert "FineTuneJob, FineTuneProfile" in capsys.readouterr().err
 
 
 def test_validate_accepts_a_good_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

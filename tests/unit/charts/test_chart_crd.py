@@ -1,31 +1,33 @@
-"""The chart ships the FineTuneJob CRD the API models generate, byte for byte."""
+"""The chart ships the CRDs (FineTuneJob, FineTuneProfile) the API models generate, byte for byte."""
 
 from __future__ import annotations
 
+import pytest
 from helm_render import CHART, REPO, Manifest, Render
 
-from kubetune.api.crd import build_crd
-
-CHART_CRD = CHART / "crds" / "finetunejobs.yaml"
-REPO_CRD = REPO / "crds" / "finetunejobs.yaml"
+from kubetune.api.crd import KINDS, CrdKind, build_crd
 
 
-def test_chart_crd_is_an_exact_copy_of_the_repository_crd() -> None:
-    assert CHART_CRD.read_text(encoding="utf-8") == REPO_CRD.read_text(encoding="utf-8"), (
-        "charts/kubetune/crds/finetunejobs.yaml differs from crds/finetunejobs.yaml: "
-        "cp crds/finetunejobs.yaml charts/kubetune/crds/"
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.kind)
+def test_chart_crd_is_an_exact_copy_of_the_repository_crd(kind: CrdKind) -> None:
+    chart_crd, repo_crd = CHART / "crds" / kind.file_name, REPO / "crds" / kind.file_name
+    assert chart_crd.read_text(encoding="utf-8") == repo_crd.read_text(encoding="utf-8"), (
+        f"charts/kubetune/crds/{kind.file_name} differs from crds/{kind.file_name}: "
+        "run `kubetune crd -o crds/` and `kubetune crd -o charts/kubetune/crds/`"
     )
 
 
-def test_chart_crd_is_the_only_file_in_the_crds_folder() -> None:
+def test_the_crds_folder_holds_exactly_the_generated_crds() -> None:
     # Helm installs every file under crds/; a stray one would be installed into every cluster.
-    assert sorted(p.name for p in (CHART / "crds").iterdir()) == ["finetunejobs.yaml"]
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == sorted(kind.file_name for kind in KINDS)
 
 
-def test_rendering_with_crds_emits_the_generated_crd_once(render: Render) -> None:
+def test_rendering_with_crds_emits_each_generated_crd_once(render: Render) -> None:
     crds = [m for m in render(include_crds=True) if m["kind"] == "CustomResourceDefinition"]
-    assert [c["metadata"]["name"] for c in crds] == ["finetunejobs.kubetune.io"]
-    assert crds[0] == build_crd()
+    assert sorted(c["metadata"]["name"] for c in crds) == ["finetunejobs.kubetune.io", "finetuneprofiles.kubetune.io"]
+    by_name = {c["metadata"]["name"]: c for c in crds}
+    for kind in KINDS:
+        assert by_name[f"{kind.plural}.kubetune.io"] == build_crd(kind)
 
 
 def test_templates_do_not_render_the_crd(default_manifests: list[Manifest]) -> None:

@@ -25,6 +25,8 @@ def test_default_install_has_metrics_and_reports_services_and_nothing_optional(
         "ClusterRole",
         "ClusterRole",
         "ClusterRole",
+        "ClusterRole",
+        "ClusterRole",
         "ClusterRoleBinding",
         "Deployment",
         "Role",
@@ -32,6 +34,8 @@ def test_default_install_has_metrics_and_reports_services_and_nothing_optional(
         "Service",
         "Service",
         "ServiceAccount",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     ]
     assert all(m["metadata"].get("namespace") in (None, NAMESPACE) for m in default_manifests)
 
@@ -117,4 +121,16 @@ def test_an_existing_service_account_is_used_not_created(render: Render) -> None
 def test_release_names_prefix_every_resource(render: Render) -> None:
     manifests = render({"fullnameOverride": "ft"})
     names = {m["metadata"]["name"] for m in manifests}
-    assert names == {"ft", "ft-metrics", "ft-reports", "ft-operator", "ft-edit", "ft-view"}
+    assert names == {
+        "ft",
+        "ft-metrics",
+        "ft-reports",
+        "ft-operator",
+        "ft-edit",
+        "ft-view",
+        "ft-platform-admin",
+        "ft-profile-reader",
+        "ft-profile-limits",
+    }
+    policy = one(manifests, "ValidatingAdmissionPolicyBinding")
+    assert policy["spec"]["policyName"] == "ft-profile-limits"

@@ -1,5 +1,5 @@
 """The chart's RBAC: the operator's ClusterRole grants exactly kubetune_operator.rbac.RULES; users get
-aggregated edit/view roles."""
+aggregated edit/view roles; FineTuneProfiles are written only by whoever is bound to kubetune-platform-admin."""
 
 from __future__ import annotations
 
@@ -77,11 +77,43 @@ def test_editors_manage_finetunejobs_but_cannot_write_status(default_manifests: 
 def test_viewers_only_read(default_manifests: list[Manifest]) -> None:
     view = permissions(one(default_manifests, "ClusterRole", "kubetune-view")["rules"])
     assert {verb for _, _, verb in view} == {"get", "list", "watch"}
-    assert {resource for _, resource, _ in view} == {"finetunejobs", "finetunejobs/status"}
+    assert {resource for _, resource, _ in view} == {"finetunejobs", "finetunejobs/status", "finetuneprofiles"}
+
+
+def test_no_role_aggregated_into_the_builtin_roles_writes_finetuneprofiles(default_manifests: list[Manifest]) -> None:
+    aggregated = [
+        role
+        for role in by_kind(default_manifests, "ClusterRole")
+        if any(label.startswith("rbac.authorization.k8s.io/aggregate-to-") for label in role["metadata"]["labels"])
+    ]
+    assert {role["metadata"]["name"] for role in aggregated} == {"kubetune-edit", "kubetune-view"}
+    for role in aggregated:
+        verbs = {verb for _, resource, verb in permissions(role["rules"]) if resource.startswith("finetuneprofiles")}
+        assert verbs <= {"get", "list", "watch"}, role["metadata"]["name"]
+
+
+def test_the_platform_admin_role_manages_finetuneprofiles_and_nothing_else(default_manifests: list[Manifest]) -> None:
+    role = one(default_manifests, "ClusterRole", "kubetune-platform-admin")
+    assert not [k for k in role["metadata"]["labels"] if k.startswith("rbac.authorization.k8s.io/")]
+    verbs = ("get", "list", "watch", "create", "update", "patch", "delete", "deletecollection")
+    assert permissions(role["rules"]) == {("kubetune.io", "finetuneprofiles", verb) for verb in verbs}
+
+
+def test_the_profile_reader_role_reads_finetuneprofiles_only(default_manifests: list[Manifest]) -> None:
+    role = one(default_manifests, "ClusterRole", "kubetune-profile-reader")
+    assert not [k for k in role["metadata"]["labels"] if k.startswith("rbac.authorization.k8s.io/")]
+    assert permissions(role["rules"]) == {("kubetune.io", "finetuneprofiles", v) for v in ("get", "list", "watch")}
+
+
+def test_the_profile_roles_are_bound_to_no_one(default_manifests: list[Manifest]) -> None:
+    bound = {binding["roleRef"]["name"] for binding in by_kind(default_manifests, "ClusterRoleBinding")} | {
+        binding["roleRef"]["name"] for binding in by_kind(default_manifests, "RoleBinding")
+    }
+    assert not bound & {"kubetune-platform-admin", "kubetune-profile-reader"}
 
 
 def test_rbac_can_be_left_to_the_platform_team(render: Render) -> None:
-    manifests = render({"rbac": {"create": False, "aggregateToDefaultRoles": False}})
+    manifests = render({"rbac": {"create": False, "aggregateToDefaultRoles": False, "profileRoles": False}})
     assert by_kind(manifests, "ClusterRole") == []
     assert by_kind(manifests, "ClusterRoleBinding") == []
 

@@ -109,6 +109,14 @@ def test_the_user_roles_are_the_charts(role: str, default_manifests: list[Manife
     assert documented == rendered, f"docs/security.md should list for {role}:\n{markdown(rendered)}"
 
 
+@pytest.mark.parametrize("role", ["kubetune-platform-admin", "kubetune-profile-reader"])
+def test_the_platform_roles_are_the_charts(role: str, default_manifests: list[Manifest]) -> None:
+    (table,) = tables_under("### Roles for the platform team")
+    documented = rule_rows([row for row in table if codes(row[0]) == (role,)], first=1)
+    rendered = as_rules(one(default_manifests, "ClusterRole", role)["rules"])
+    assert documented == rendered, f"docs/security.md should list for {role}:\n{markdown(rendered)}"
+
+
 def test_the_operator_pod_settings_are_the_charts(default_manifests: list[Manifest]) -> None:
     (table,) = tables_under("### The operator pod")
     rendered = pod_security(one(default_manifests, "Deployment")["spec"]["template"]["spec"])
