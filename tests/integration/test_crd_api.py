@@ -67,9 +67,9 @@ def test_printer_columns_in_kubectl_get(cluster: Cluster, admin: Kube, crd: dict
     plane = _kubectl(cluster)
     _create(admin, namespace, _job("columns"))
     header = plane.kubectl("get", "ftj", "-n", namespace).stdout.splitlines()[0].split()
-    assert header == ["NAME", "PHASE", "PROGRESS", "LOSS", "ETA", "AGE"]
+    assert header == ["NAME", "PHASE", "PROGRESS", "LOSS", "ETA", "ESTIMATE", "AGE"]
     wide = plane.kubectl("get", "ftj", "-n", namespace, "-o", "wide").stdout.splitlines()
-    assert "METHOD" in wide[0] and "lora" in wide[1]
+    assert "METHOD" in wide[0] and "GPU-H" in wide[0] and "lora" in wide[1]
 
 
 def test_training_inputs_are_immutable(admin: Kube, crd: dict[str, Any], namespace: str) -> None:

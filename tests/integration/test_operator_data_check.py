@@ -333,6 +333,7 @@ def test_the_check_takes_no_gpu_queue_label_and_the_training_job_does(
     name = "queued-check"
     ftjs.create(name, spec=check_spec(runPolicy={"queueName": "gpu-queue"}), annotations={RUN_FOR: "3600s"})
     names = child_names(name=name)
+    check_pod(ftjs, name)  # running: the check was not held for a queue
     (check,) = [j for j in ftjs.children("jobs", name) if j["metadata"]["name"] == names.preflight_job]
     assert KUEUE_QUEUE_LABEL not in check["metadata"]["labels"] and check["spec"]["suspend"] is False
     code, message = check_and_finish(ftjs, admin, name, pvc_root=claims, workdir=tmp_path)
