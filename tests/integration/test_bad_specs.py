@@ -92,7 +92,8 @@ CASES = [
         {"credentials": {"huggingFaceToken": {"name": "Bad_Name", "key": "token"}}},
     ),
     BadSpec("model-missing", "spec.model", "api", without=("model",)),
-    BadSpec("output-missing", "spec.output", "api", without=("output",)),
+    # A FineTuneProfile's outputBase may give it; with none, the operator refuses the job.
+    BadSpec("output-missing", "spec.output.destination", "operator", without=("output",)),
     # Cross-field rules (CEL).
     BadSpec(
         "epochs-and-max-steps", "hyperparameters.maxSteps", "api", {"hyperparameters": {"epochs": 2, "maxSteps": 100}}

@@ -27,6 +27,8 @@ IMMUTABLE_CHANGES: dict[str, dict[str, Any]] = {
     "hyperparameters": {"hyperparameters": {"learningRate": 0.0001}},
     "output": {"output": {"destination": "s3://outputs/other"}},
 }
+# Immutable by a rule on the spec (it is optional, and may not be added either).
+PROFILE_CHANGE = {"profile": "other"}
 H100_PAIR = {"nodes": 2, "gpusPerNode": 8, "gpuProduct": "NVIDIA-H100-80GB-HBM3"}
 
 
@@ -139,7 +141,7 @@ def test_a_changed_immutable_field_is_refused_by_apply_and_replace(ftjs: FineTun
     assert set(IMMUTABLE_CHANGES) == set(IMMUTABLE_SPEC_FIELDS)
     kubectl.apply(manifest("fixed"))
     ftjs.wait_phase("fixed", "Running")
-    for field, change in IMMUTABLE_CHANGES.items():
+    for field, change in [*IMMUTABLE_CHANGES.items(), ("profile", PROFILE_CHANGE)]:
         for verb in ("apply", "replace"):
             result = kubectl.run(verb, manifest("fixed", **change))
             for _ in range(5):  # replace sends the resourceVersion it read: the operator may write in between
