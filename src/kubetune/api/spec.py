@@ -495,12 +495,6 @@ class RunPolicy(ApiModel):
 
 
 IMMUTABLE_SPEC_FIELDS = ("model", "dataset", "method", "hyperparameters", "output")
-# spec.profile is optional and has no default, so a rule on the field itself would let it be added or
-# removed; this rule on the spec forbids those too.
-PROFILE_IMMUTABLE_RULE = {
-    "rule": "has(self.profile) == has(oldSelf.profile) && (!has(self.profile) || self.profile == oldSelf.profile)",
-    "message": "spec.profile is immutable; create a new FineTuneJob",
-}
 
 
 def immutable_rule(field: str) -> dict[str, str]:
@@ -530,7 +524,15 @@ class FineTuneJobSpec(ApiModel):
                     "rule": "self.resources.gpusPerNode > 0 || self.hyperparameters.precision in ['auto', 'fp32']",
                     "message": PRECISION_ON_CPU_MESSAGE,
                 },
-                PROFILE_IMMUTABLE_RULE,
+                {
+                    # spec.profile is optional and has no default: a rule on the field itself would let it be
+                    # added or removed; this one on the spec forbids those too.
+                    "rule": (
+                        "has(self.profile) == has(oldSelf.profile)"
+                        " && (!has(self.profile) || self.profile == oldSelf.profile)"
+                    ),
+                    "message": "spec.profile is immutable; create a new FineTuneJob",
+                },
             ]
         }
     }
