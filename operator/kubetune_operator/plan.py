@@ -200,6 +200,7 @@ def plan(observed: Observed, *, settings: OperatorSettings) -> Plan:
             settings=settings,
             ftj=ftj,
             stage=stage,
+            wanted=children.preflight_job,
             actions=actions,
             profile=profile.record,
         )
@@ -303,13 +304,12 @@ def _plan_check(
     settings: OperatorSettings,
     ftj: FineTuneJob,
     stage: _CheckStage,
+    wanted: Obj | None,
     actions: list[Action],
     profile: AppliedProfile | None,
 ) -> Plan:
     """No training Job yet and the data check has not passed: run it (phase Validating)."""
-    children = build_children(ftj=ftj, settings=settings, report_ca=observed.report_ca)
-    wanted = children.preflight_job
-    assert wanted is not None
+    assert wanted is not None, "a data check is planned only when spec.dataset.preflight is not skip"
     if stage.stale is not None:
         # Built for an older spec (resources changed while suspended): its answer is not for this one.
         why = "the spec changed since this data check was started"

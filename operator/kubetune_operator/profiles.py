@@ -58,7 +58,7 @@ def profile_refs(objects: Sequence[Obj]) -> list[ProfileRef]:
             continue
         refs.append(
             ProfileRef(
-                name=str(meta.get("name", "")),
+                name=_name(obj),
                 spec=spec,
                 uid=meta.get("uid"),
                 resource_version=meta.get("resourceVersion"),
@@ -72,15 +72,16 @@ def profile_refs(objects: Sequence[Obj]) -> list[ProfileRef]:
 def profile_stage(
     ftj: FineTuneJob, *, recorded: AppliedProfile | None, profiles: Sequence[Obj], namespace_profile: str | None
 ) -> ProfileStage:
-    refs = {ref.name: ref for ref in profile_refs(profiles)}
     meta = ftj.metadata
     if recorded is not None:
-        live = refs.get(recorded.name)
-        missing = live is None or (recorded.uid is not None and live.uid != recorded.uid)
+        # Only whether the recorded profile still exists: no profile is parsed on this, every job's, path.
+        uids = [(p.get("metadata") or {}).get("uid") for p in profiles if _name(p) == recorded.name]
+        missing = not uids or (recorded.uid is not None and recorded.uid not in uids)
         limits = ProfileLimits(max_active_deadline_seconds=recorded.max_active_deadline_seconds)
         spec, _ = effective_spec(ftj.spec, recorded.defaults, limits, namespace=meta.namespace, name=meta.name)
         record = recorded.model_copy(update={"missing": True if missing else None})
         return _checked_destination(ProfileStage(spec=spec, record=record))
+    refs = {ref.name: ref for ref in profile_refs(profiles)}
     choice = choose_profile(
         spec_profile=ftj.spec.profile, namespace_profile=namespace_profile, profiles=list(refs.values())
     )
@@ -110,6 +111,10 @@ def profile_stage(
         applied=applied,
     )
     return _checked_destination(ProfileStage(spec=spec, record=record, outside=outside))
+
+
+def _name(obj: Obj) -> str:
+    return str((obj.get("metadata") or {}).get("name", ""))
 
 
 def _checked_destination(stage: ProfileStage) -> ProfileStage:

@@ -217,6 +217,12 @@ def _unschedulable(*, pods: Sequence[Obj], now: datetime, timeout: timedelta) ->
     return None, latest_message
 
 
+def _live_and_running(pods: Sequence[Obj]) -> tuple[list[Obj], list[Obj]]:
+    """The pods not being deleted, and those of them running."""
+    live = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
+    return live, [p for p in live if (p.get("status") or {}).get("phase") == "Running"]
+
+
 def _active_outcome(obs: Observation) -> _Outcome:
     """The phase of a Job that has neither succeeded nor failed."""
     job = obs.job
@@ -228,8 +234,7 @@ def _active_outcome(obs: Observation) -> _Outcome:
     failure, scheduler_message = _unschedulable(pods=obs.pods, now=obs.now, timeout=obs.pending_timeout)
     if failure is not None:
         return _Outcome(phase="Failed", reason=failure.reason, message=failure.message, failure=failure)
-    live = [p for p in obs.pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
-    running = [p for p in live if (p.get("status") or {}).get("phase") == "Running"]
+    live, running = _live_and_running(obs.pods)
     # A pod that exited 0 finished its rank; the Job controller marks the Job Complete moments later.
     # Until then the job is still running, not back to Pending.
     finished = [p for p in live if (p.get("status") or {}).get("phase") == "Succeeded"]
@@ -272,8 +277,7 @@ def _check_outcome(obs: Observation, check: CheckView) -> _Outcome:
     stuck, scheduler_message = _unschedulable(pods=obs.check_pods, now=obs.now, timeout=obs.pending_timeout)
     if stuck is not None:
         return _Outcome(phase="Failed", reason=stuck.reason, message=stuck.message, failure=stuck)
-    live = [p for p in obs.check_pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
-    running = [p for p in live if (p.get("status") or {}).get("phase") == "Running"]
+    live, running = _live_and_running(obs.check_pods)
     if running:
         message = f"pod {_pod_name(running[0])} is checking the data; no GPU is claimed yet"
         return _Outcome(phase="Validating", reason="DataCheckRunning", message=message)
