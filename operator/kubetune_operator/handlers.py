@@ -33,7 +33,7 @@ from kubetune_operator.report_server import ReportServer
 from kubetune_operator.reports import Ingested, JobState, ReportService, ReportStore, TokenReviewer
 from kubetune_operator.requeue import Backoff, Requeue
 from kubetune_operator.settings import OperatorSettings
-from kubetune_operator.status import TERMINAL_PHASES, parse_status
+from kubetune_operator.status import PROFILE_NOT_FOUND, TERMINAL_PHASES, parse_status
 from kubetune_operator.tls import ServingIdentity
 
 # kopf's bookkeeping lives in annotations under our own prefix: the CRD's status schema prunes unknown
@@ -171,9 +171,10 @@ class IndexReader:
     def waiting_for_profiles(
         self, *, namespace: str | None = None, recorded: str | None = None
     ) -> list[tuple[str, str]]:
-        """Unfinished FineTuneJobs with no profile recorded yet (in ``namespace``, or everywhere): the ones a
-        profile or a namespace's label may decide; with ``recorded``, also those that recorded that profile
-        (its deletion or re-creation is reported in their status)."""
+        """FineTuneJobs waiting for their profile (in ``namespace``, or everywhere): the ones a profile or a
+        namespace's label may decide; with ``recorded``, also the unfinished ones that recorded that profile
+        (its deletion or re-creation is reported in their status). Other jobs are left alone: a wake-up here
+        would cut short the backoff of a job whose reconciles fail."""
         index = self._indices["finetunejob_cache"]
         out = []
         for key in list(index):
@@ -183,8 +184,12 @@ class IndexReader:
                 status = obj.get("status") or {}
                 if status.get("phase") in TERMINAL_PHASES:
                     continue
+                waiting = any(
+                    c.get("type") == "Validated" and c.get("reason") == PROFILE_NOT_FOUND
+                    for c in status.get("conditions") or []
+                )
                 name = (status.get("profile") or {}).get("name")
-                if name is None or (recorded is not None and name == recorded):
+                if waiting or (recorded is not None and name == recorded):
                     out.append(key)
         return out
 
