@@ -92,6 +92,31 @@ class OperatorMetrics:
         self.learning_rate = Gauge(
             "kubetune_finetunejob_learning_rate", "Learning rate of the last step.", job, registry=r
         )
+        # DPO only (method.objective dpo): the reward metrics of the last step and of the last evaluation.
+        self.reward_accuracy = Gauge(
+            "kubetune_finetunejob_reward_accuracy",
+            "DPO: fraction of the last step's pairs whose preferred answer got the higher reward.",
+            job,
+            registry=r,
+        )
+        self.reward_margin = Gauge(
+            "kubetune_finetunejob_reward_margin",
+            "DPO: mean reward of the preferred answers minus the others' over the last step's pairs.",
+            job,
+            registry=r,
+        )
+        self.eval_reward_accuracy = Gauge(
+            "kubetune_finetunejob_eval_reward_accuracy",
+            "DPO: reward accuracy on the held-out pairs at the last evaluation.",
+            job,
+            registry=r,
+        )
+        self.eval_reward_margin = Gauge(
+            "kubetune_finetunejob_eval_reward_margin",
+            "DPO: reward margin on the held-out pairs at the last evaluation.",
+            job,
+            registry=r,
+        )
         self.last_report = Gauge(
             "kubetune_finetunejob_last_report_timestamp_seconds",
             "Unix time of the last accepted progress report.",
@@ -117,6 +142,10 @@ class OperatorMetrics:
             self.total_steps,
             self.tokens_per_second,
             self.learning_rate,
+            self.reward_accuracy,
+            self.reward_margin,
+            self.eval_reward_accuracy,
+            self.eval_reward_margin,
             self.last_report,
             self.phase_since,
         )
@@ -160,8 +189,14 @@ class OperatorMetrics:
                     self.total_steps.labels(**labels).set(event.total_steps)
                     self.tokens_per_second.labels(**labels).set(event.tokens_per_second)
                     self.learning_rate.labels(**labels).set(event.learning_rate)
+                    if event.preference is not None:
+                        self.reward_accuracy.labels(**labels).set(event.preference.reward_accuracy)
+                        self.reward_margin.labels(**labels).set(event.preference.reward_margin)
                 elif isinstance(event, EvalEvent):
                     self.eval_loss.labels(**labels).set(event.eval_loss)
+                    if event.preference is not None:
+                        self.eval_reward_accuracy.labels(**labels).set(event.preference.reward_accuracy)
+                        self.eval_reward_margin.labels(**labels).set(event.preference.reward_margin)
             self.last_report.labels(**labels).set(self._clock())
 
     def finished_job(self, *, namespace: str, phase: Phase, seconds: float | None) -> None:

@@ -72,9 +72,10 @@ def fold_events(
                 learning_rate=event.learning_rate,
                 tokens_per_second=event.tokens_per_second,
                 trained_tokens=event.trained_tokens,
+                preference=event.preference,
             )
         elif isinstance(event, EvalEvent):
-            m.update(eval_loss=event.eval_loss, perplexity=event.perplexity)
+            m.update(eval_loss=event.eval_loss, perplexity=event.perplexity, eval_preference=event.preference)
         elif isinstance(event, CheckpointSavedEvent):
             if not any(c.uri == event.uri and c.step == event.step for c in kept):
                 saved = CheckpointStatus(

@@ -40,6 +40,16 @@ class StartedEvent(_Event):
     resumed_from_step: int | None = Field(default=None, ge=0, description="Checkpoint step resumed from.")
 
 
+class PreferenceMetrics(ApiModel):
+    """Preference-tuning (DPO) metrics over a set of pairs. A reward is beta x (log-probability of the answer
+    under the tuned model - under the reference model), summed over the answer's tokens."""
+
+    reward_accuracy: float = Field(ge=0, le=1, description="Fraction of pairs whose chosen reward is the higher.")
+    reward_margin: float = Field(description="Mean of chosen reward - rejected reward.")
+    chosen_reward: float = Field(description="Mean reward of the preferred answers.")
+    rejected_reward: float = Field(description="Mean reward of the answers not preferred.")
+
+
 class StepEvent(_Event):
     """One optimizer step finished."""
 
@@ -51,6 +61,9 @@ class StepEvent(_Event):
     grad_norm: float | None = Field(default=None, description="Gradient norm before clipping.")
     tokens_per_second: float = Field(ge=0, description="Non-padding tokens per second over the step, all ranks.")
     trained_tokens: int = Field(ge=0, description="Non-padding tokens processed so far, all ranks.")
+    preference: PreferenceMetrics | None = Field(
+        default=None, description="DPO only: the step's reward metrics (loss is then the DPO loss per pair)."
+    )
 
 
 class EvalEvent(_Event):
@@ -59,6 +72,9 @@ class EvalEvent(_Event):
     event: Literal["eval"] = "eval"
     eval_loss: float = Field(description="Mean loss per label token on the validation data.")
     perplexity: float = Field(description="exp(evalLoss).")
+    preference: PreferenceMetrics | None = Field(
+        default=None, description="DPO only: reward metrics on the held-out pairs (evalLoss is the DPO loss)."
+    )
 
 
 class CheckpointSavedEvent(_Event):

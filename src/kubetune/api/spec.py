@@ -128,9 +128,15 @@ class FieldMapping(ApiModel):
     output: str | None = Field(default=None, max_length=128, description="Alpaca output column.")
     conversations: str | None = Field(default=None, max_length=128, description="ShareGPT conversations column.")
     system: str | None = Field(default=None, max_length=128, description="Column holding a system prompt.")
+    chosen: str | None = Field(
+        default=None, max_length=128, description="Preference data: column holding the preferred answer."
+    )
+    rejected: str | None = Field(
+        default=None, max_length=128, description="Preference data: column holding the answer not preferred."
+    )
 
 
-DatasetFormat = Literal["auto", "messages", "prompt_completion", "alpaca", "sharegpt", "text"]
+DatasetFormat = Literal["auto", "messages", "prompt_completion", "alpaca", "sharegpt", "text", "preference"]
 PreflightMode = Literal["warn", "strict", "skip"]
 
 
@@ -162,7 +168,9 @@ class DatasetSpec(ApiModel):
         default="auto",
         description=(
             "Record format: messages (OpenAI chat), prompt_completion, alpaca (instruction/input/output), "
-            "sharegpt (conversations/from/value), text. auto detects it from the first records."
+            "sharegpt (conversations/from/value), text; preference (method.objective dpo): OpenAI's "
+            "input.messages/preferred_output/non_preferred_output or prompt/chosen/rejected. auto detects it "
+            "from the first records."
         ),
     )
     field_mapping: FieldMapping | None = Field(
@@ -209,6 +217,27 @@ class QuantizationSpec(ApiModel):
 
 
 MethodType = Literal["lora", "qlora", "dora", "full"]
+Objective = Literal["sft", "dpo"]
+
+
+class DpoSpec(ApiModel):
+    """Direct preference optimization settings (method.objective dpo)."""
+
+    beta: float = Field(
+        default=0.1,
+        gt=0,
+        le=10,
+        description=(
+            "How far the tuned model may move from the reference (the model before training): the implicit "
+            "reward is beta times the log-probability ratio. Lower allows larger changes."
+        ),
+    )
+    label_smoothing: float = Field(
+        default=0.0,
+        ge=0,
+        lt=0.5,
+        description="Assumed fraction of pairs whose preference is wrong (conservative DPO); 0 is plain DPO.",
+    )
 
 
 class MethodSpec(ApiModel):
@@ -220,7 +249,11 @@ class MethodSpec(ApiModel):
                 {
                     "rule": "!has(self.quantization) || self.type == 'qlora'",
                     "message": "method.quantization is only valid with method.type qlora",
-                }
+                },
+                {
+                    "rule": "!has(self.dpo) || self.objective == 'dpo'",
+                    "message": "method.dpo is only valid with method.objective dpo",
+                },
             ]
         }
     }
@@ -244,12 +277,29 @@ class MethodSpec(ApiModel):
     quantization: QuantizationSpec | None = Field(
         default=None, description="4-bit settings; only with type qlora (defaults apply when omitted)."
     )
+    objective: Objective = Field(
+        default="sft",
+        description=(
+            "sft: supervised fine-tuning on the answers; dpo: direct preference optimization on pairs of a "
+            "preferred and a not preferred answer (dataset.format preference). Works with every method.type."
+        ),
+    )
+    dpo: DpoSpec | None = Field(
+        default=None, description="DPO settings; only with objective dpo (defaults apply when omitted)."
+    )
 
     @model_validator(mode="after")
-    def _quantization_only_for_qlora(self) -> MethodSpec:
+    def _settings_match_type(self) -> MethodSpec:
         if self.quantization is not None and self.type != "qlora":
             raise ValueError("method.quantization is only valid with method.type qlora")
+        if self.dpo is not None and self.objective != "dpo":
+            raise ValueError("method.dpo is only valid with method.objective dpo")
         return self
+
+    @property
+    def dpo_settings(self) -> DpoSpec:
+        """The DPO settings in force (the defaults when method.dpo is omitted)."""
+        return self.dpo or DpoSpec()
 
 
 class Hyperparameters(ApiModel):
@@ -502,6 +552,12 @@ def immutable_rule(field: str) -> dict[str, str]:
     return {"rule": "self == oldSelf", "message": f"spec.{field} is immutable; create a new FineTuneJob"}
 
 
+OBJECTIVE_FORMAT_MESSAGE = (
+    "dataset.format preference goes with method.objective dpo, and dpo reads only preference data "
+    "(dataset.format auto or preference)"
+)
+
+
 class FineTuneJobSpec(ApiModel):
     """A fine-tuning run: a base model, data, a method and where the result goes."""
 
@@ -532,6 +588,13 @@ class FineTuneJobSpec(ApiModel):
                         " && (!has(self.profile) || self.profile == oldSelf.profile)"
                     ),
                     "message": "spec.profile is immutable; create a new FineTuneJob",
+                },
+                {
+                    "rule": (
+                        "self.method.objective == 'dpo'"
+                        " ? self.dataset.format in ['auto', 'preference'] : self.dataset.format != 'preference'"
+                    ),
+                    "message": OBJECTIVE_FORMAT_MESSAGE,
                 },
             ]
         }
@@ -564,4 +627,13 @@ class FineTuneJobSpec(ApiModel):
     def _full_precision_on_cpu(self) -> FineTuneJobSpec:
         if self.resources.gpus_per_node == 0 and self.hyperparameters.precision not in ("auto", "fp32"):
             raise ValueError(PRECISION_ON_CPU_MESSAGE)
+        return self
+
+    @model_validator(mode="after")
+    def _format_fits_objective(self) -> FineTuneJobSpec:
+        preference = self.dataset.format == "preference"
+        if (self.method.objective == "dpo" and self.dataset.format not in ("auto", "preference")) or (
+            self.method.objective == "sft" and preference
+        ):
+            raise ValueError(OBJECTIVE_FORMAT_MESSAGE)
         return self

@@ -9,6 +9,7 @@ from pydantic import Field
 
 from kubetune.api.base import ApiModel
 from kubetune.api.profile import ProfileDefaults
+from kubetune.api.progress import PreferenceMetrics
 
 Phase = Literal["Pending", "Validating", "Running", "Succeeded", "Failed", "Suspended"]
 ConditionStatus = Literal["True", "False", "Unknown"]
@@ -71,6 +72,12 @@ class Metrics(ApiModel):
     learning_rate: float | None = Field(default=None, description="Current learning rate.")
     tokens_per_second: float | None = Field(default=None, description="Trained tokens per second.")
     trained_tokens: int | None = Field(default=None, ge=0, description="Tokens trained on so far.")
+    preference: PreferenceMetrics | None = Field(
+        default=None, description="DPO only: reward metrics of the last step (loss is then the DPO loss)."
+    )
+    eval_preference: PreferenceMetrics | None = Field(
+        default=None, description="DPO only: reward metrics on the held-out pairs at the last evaluation."
+    )
 
 
 class CheckpointStatus(ApiModel):
