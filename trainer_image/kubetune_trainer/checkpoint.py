@@ -13,9 +13,10 @@ import logging
 import random
 import re
 import shutil
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ MARKER = "checkpoint.json"
 WEIGHTS = "trainable.safetensors"
 OPTIMIZER = "optimizer.pt"
 SCHEDULER = "scheduler.pt"
+EXTRA = "extra.safetensors"
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^step-(\d{8,})$")
 
@@ -82,43 +84,83 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class Ranks(Protocol):
+    """The processes of a run, as the store needs them (``runtime.Runtime`` is one)."""
+
+    @property
+    def rank(self) -> int: ...
+
+    @property
+    def is_main(self) -> bool: ...
+
+    def barrier(self) -> None: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingState:
+    """What a checkpoint saves. ``weights`` are the trainable ones (the same on every rank); ``extra`` holds
+    tensors the run computed once and must not recompute differently after a resume (DPO's reference
+    log-probabilities: after full fine-tuning steps, the model no longer is the reference)."""
+
+    position: TrainingPosition
+    weights: Mapping[str, torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    extra: Mapping[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Restored:
+    """A checkpoint loaded into the model, optimizer and scheduler."""
+
+    position: TrainingPosition
+    uri: str
+    # False when this rank's RNG file is missing (the world size grew): the caller reseeds.
+    rng_restored: bool
+    extra: dict[str, torch.Tensor]
+
+
 class CheckpointStore:
-    """Writes, finds, loads and prunes the checkpoints of one run."""
+    """Writes, finds, loads and prunes the checkpoints of one run; the only code that knows their layout."""
 
     def __init__(self, location: Location, *, keep_last: int, cache_dir: Path) -> None:
         self.location = location
         self.keep_last = keep_last
         self._cache_dir = cache_dir
 
-    # -- writing (called on every rank; ``is_main`` writes the shared parts) -------------------------
+    # -- writing ----------------------------------------------------------------------------------
 
-    def stage(self, step: int) -> Path:
-        """The (shared, on local filesystems) staging directory; main rank creates it before a barrier."""
-        return staging_dir(self.location, checkpoint_name(step))
+    def save(self, state: TrainingState, *, ranks: Ranks) -> str | None:
+        """Write a complete checkpoint; every rank calls this. Returns its URI on the main rank.
 
-    def staged_path(self, step: int) -> Path:
+        Each rank writes its own RNG state; the main rank writes the shared parts (weights, optimizer,
+        scheduler, extra), then the marker, and publishes. On a local (shared) filesystem all ranks write
+        into the main rank's staging directory; on an object store the other ranks upload their file into
+        the checkpoint's directory before the main rank publishes the marker.
+        """
+        step = state.position.step
+        name = checkpoint_name(step)
+        staged = staging_dir(self.location, name) if ranks.is_main else None
+        ranks.barrier()
         if self.location.local is not None:
-            return self.location.local / f".tmp-{checkpoint_name(step)}"
-        raise RuntimeError("remote checkpoint staging is per process; use stage()")
+            _write_rng(self.location.local / f".tmp-{name}", rank=ranks.rank)
+        elif staged is not None:
+            _write_rng(staged, rank=ranks.rank)
+        else:
+            own = staging_dir(self.location, f"rank{ranks.rank}")
+            _write_rng(own, rank=ranks.rank)
+            file = rng_file(ranks.rank)
+            self.location.fs.put_file(str(own / file), f"{self.location.child(name).path}/{file}")
+            shutil.rmtree(own, ignore_errors=True)
+        ranks.barrier()
+        uri = None
+        if staged is not None:
+            _write_shared(staged, state)
+            uri = self._publish(staged, position=state.position)
+        ranks.barrier()
+        return uri
 
-    @staticmethod
-    def write_shared(
-        staged: Path,
-        *,
-        weights: dict[str, torch.Tensor],
-        optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
-    ) -> None:
-        save_file({k: v.contiguous().cpu() for k, v in weights.items()}, str(staged / WEIGHTS))
-        torch.save(optimizer.state_dict(), staged / OPTIMIZER)
-        torch.save(scheduler.state_dict(), staged / SCHEDULER)
-
-    @staticmethod
-    def write_rank(staged: Path, *, rank: int) -> None:
-        torch.save(capture_rng_state(), staged / rng_file(rank))
-
-    def publish(self, staged: Path, *, position: TrainingPosition) -> str:
-        """Write the marker and publish; returns the checkpoint's URI. Main rank only, after a barrier."""
+    def _publish(self, staged: Path, *, position: TrainingPosition) -> str:
         marker = {"formatVersion": FORMAT_VERSION, **asdict(position)}
         (staged / MARKER).write_text(json.dumps(marker, indent=2), encoding="utf-8")
         name = checkpoint_name(position.step)
@@ -159,6 +201,43 @@ class CheckpointStore:
             raise RuntimeError(f"{self.location.child(name).uri}: unsupported checkpoint format")
         return CheckpointInfo(position=TrainingPosition(**raw), uri=self.location.child(name).uri, local_dir=local)
 
+    def restore(
+        self,
+        *,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        rank: int,
+        device: torch.device,
+    ) -> Restored | None:
+        """Load the newest complete checkpoint into the model, optimizer and scheduler (None: there is none).
+        A copy downloaded from an object store is deleted once loaded."""
+        info = self.latest()
+        if info is None:
+            return None
+        try:
+            rng_restored = load_checkpoint(
+                info, model=model, optimizer=optimizer, scheduler=scheduler, rank=rank, device=device
+            )
+            extra_path = info.local_dir / EXTRA
+            extra = load_file(str(extra_path)) if extra_path.is_file() else {}
+        finally:
+            if self.location.local is None:
+                shutil.rmtree(info.local_dir, ignore_errors=True)
+        return Restored(position=info.position, uri=info.uri, rng_restored=rng_restored, extra=extra)
+
+
+def _write_rng(staged: Path, *, rank: int) -> None:
+    torch.save(capture_rng_state(), staged / rng_file(rank))
+
+
+def _write_shared(staged: Path, state: TrainingState) -> None:
+    save_file({k: v.contiguous().cpu() for k, v in state.weights.items()}, str(staged / WEIGHTS))
+    torch.save(state.optimizer.state_dict(), staged / OPTIMIZER)
+    torch.save(state.scheduler.state_dict(), staged / SCHEDULER)
+    if state.extra:
+        save_file({k: v.contiguous().cpu() for k, v in state.extra.items()}, str(staged / EXTRA))
+
 
 def load_checkpoint(
     info: CheckpointInfo,
@@ -189,9 +268,3 @@ def load_checkpoint(
         return False
     restore_rng_state(torch.load(rng_path, weights_only=False))
     return True
-
-
-def discard_local_copy(info: CheckpointInfo, *, location: Location) -> None:
-    """Remove a downloaded copy of a remote checkpoint."""
-    if location.local is None:
-        shutil.rmtree(info.local_dir, ignore_errors=True)

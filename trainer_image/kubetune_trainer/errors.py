@@ -5,17 +5,13 @@ Anything else that escapes is a crash: exit 1, which the Job retries from the ne
 
 from __future__ import annotations
 
-from kubetune.api.exit_codes import ExitCode, reason_for_exit_code
+from kubetune.api.exit_codes import ExitCode
 
 
 class TrainerError(Exception):
     """A failure with a known exit code and a message meant for the user."""
 
     exit_code: ExitCode = ExitCode.BAD_CONFIG
-
-    @property
-    def reason(self) -> str:
-        return reason_for_exit_code(self.exit_code)
 
 
 class ConfigError(TrainerError):

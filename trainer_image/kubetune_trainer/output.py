@@ -8,6 +8,8 @@ Layout under ``output.destination``::
     tokenizer/          tokenizer files
     generations.json    greedy answers to held-out prompts, before and after training
     data-report.json    the data layer's report
+    eval-report.json    per held-out example losses before/after, the worst examples, length buckets
+    eval-report.md      the same, short, for a person
     manifest.json       written LAST, atomically: its presence means the artifact is complete
     checkpoints/        (not part of the artifact)
 
@@ -29,10 +31,20 @@ from pydantic import Field
 
 from kubetune.api.base import ApiModel
 from kubetune.api.trainer_config import RunIdentity, TrainerConfig
-from kubetune_trainer.storage import Location, write_file_atomically
+from kubetune.files import write_file_atomically
+from kubetune_trainer.storage import Location
 
 MANIFEST = "manifest.json"
-ARTIFACT_ENTRIES = ("adapter", "model", "merged", "tokenizer", "generations.json", "data-report.json")
+ARTIFACT_ENTRIES = (
+    "adapter",
+    "model",
+    "merged",
+    "tokenizer",
+    "generations.json",
+    "data-report.json",
+    "eval-report.json",
+    "eval-report.md",
+)
 
 
 class BaseModelRecord(ApiModel):
@@ -53,6 +65,14 @@ class FinalMetrics(ApiModel):
     initial_eval_loss: float | None = None
 
 
+class PrecisionRecord(ApiModel):
+    """The precision asked for and the one trained in; ``reason`` says why they differ."""
+
+    requested: str
+    used: str
+    reason: str = ""
+
+
 class GenerationSample(ApiModel):
     prompt: str
     reference: str
@@ -70,6 +90,8 @@ class OutputManifest(ApiModel):
     run: RunIdentity
     base_model: BaseModelRecord
     method: str
+    objective: str = "sft"
+    precision: PrecisionRecord | None = None
     dataset_sha256: str
     config: dict[str, Any]
     steps: int
@@ -112,6 +134,7 @@ def build_manifest(
     metrics: FinalMetrics,
     merged: bool,
     revision: str | None,
+    precision: PrecisionRecord | None = None,
 ) -> OutputManifest:
     import peft
     import torch
@@ -121,6 +144,8 @@ def build_manifest(
         run=config.run,
         base_model=BaseModelRecord(source=config.model.source, revision=revision, gguf_file=config.model.gguf_file),
         method=config.method.type,
+        objective=config.method.objective,
+        precision=precision,
         dataset_sha256=dataset_sha256,
         config=config.to_wire(),
         steps=steps,

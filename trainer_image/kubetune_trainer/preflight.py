@@ -27,7 +27,16 @@ from kubetune.api.status import ResolvedHyperparameters as ResolvedStatus
 from kubetune.api.trainer_config import TrainerConfig, Validated
 from kubetune.api.uris import PVC_MOUNT_ROOT
 from kubetune_trainer import modeling
-from kubetune_trainer.data import DataConfigError, DataError, DataIssue, DataReport, PreparedData, prepare_data
+from kubetune_trainer.data import (
+    DataConfigError,
+    DataError,
+    DataIssue,
+    DataReport,
+    PreparedData,
+    PreparedPairs,
+    prepare_data,
+    prepare_preference_data,
+)
 from kubetune_trainer.errors import ConfigError
 from kubetune_trainer.estimate import estimate_training
 from kubetune_trainer.settings import DeviceType, ResolvedHyperparameters, resolve_hyperparameters
@@ -36,6 +45,10 @@ log = logging.getLogger(__name__)
 
 # DataProblem.field's bound in kubetune.api.status.
 MAX_FIELD_CHARS = 128
+
+
+# Training tokens are multiplied by this for DPO: one forward pass of the reference per training pass.
+DPO_REFERENCE_COST = 4 / 3
 
 
 def run_preflight(
@@ -56,7 +69,8 @@ def run_preflight(
         )
         tokenizer = modeling.load_tokenizer(source)
         parameters = modeling.count_base_parameters(source)
-        data = prepare_data(
+        prepare = prepare_preference_data if config.method.objective == "dpo" else prepare_data
+        data = prepare(
             config.dataset,
             tokenizer=tokenizer,
             seed=config.hyperparameters.seed,
@@ -69,16 +83,25 @@ def run_preflight(
         return bad_config(str(err))
     resources = config.resources
     device: DeviceType = "cpu" if resources.gpus_per_node == 0 else "cuda"
+    lengths = (
+        [p.length for p in data.train] if isinstance(data, PreparedPairs) else [len(e.input_ids) for e in data.train]
+    )
     hp = resolve_hyperparameters(
         config.hyperparameters,
         method=config.method.type,
+        objective=config.method.objective,
         dataset=config.dataset,
-        lengths=[len(e.input_ids) for e in data.train],
+        lengths=lengths,
         world_size=resources.world_size,
         device=device,
     )
+    tokens = data.report.train_tokens.total
+    if isinstance(data, PreparedPairs):
+        # Both answers' sequences train (the report counts both); the reference model reads them once more,
+        # forward only: about a third of a forward and backward pass.
+        tokens = round(tokens * DPO_REFERENCE_COST)
     estimate = estimate_training(
-        tokens_per_epoch=data.report.train_tokens.total,
+        tokens_per_epoch=tokens,
         data_passes=hp.data_passes,
         optimizer_steps=hp.total_steps,
         parameters=parameters,
@@ -109,7 +132,7 @@ def bad_config(message: str) -> PreflightResult:
     return PreflightResult(outcome="BadConfig", message=_clip(message))
 
 
-def dataset_status(data: PreparedData) -> DatasetStatus:
+def dataset_status(data: PreparedData | PreparedPairs) -> DatasetStatus:
     """What a dataset that passed looks like in status.dataset."""
     return _from_report(data.report, sha256=data.dataset_sha256, errors=[])
 

@@ -1,7 +1,8 @@
 """Where progress events go: a small :class:`Reporter` protocol, a JSON-lines implementation and a tee.
 
-Only rank 0 reports (the loop hands other ranks a :class:`NullReporter`), so a consumer sees one stream
-per run however many processes train. Rank 0 tees its events to stdout, its ``/metrics``
+Only rank 0 reports (``cli.build_reporter`` gives the other ranks a reporter that writes nowhere, and the
+recipe emits on every rank without asking which one it is), so a consumer sees one stream per run however
+many processes train. Rank 0 tees its events to stdout, its ``/metrics``
 (:mod:`kubetune_trainer.trainer_metrics`) and the operator (:mod:`kubetune_trainer.push`).
 """
 
@@ -24,14 +25,6 @@ class Reporter(Protocol):
 
 
 log = logging.getLogger(__name__)
-
-
-class NullReporter:
-    def emit(self, event: ProgressEvent) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
 
 
 class JsonLinesReporter:

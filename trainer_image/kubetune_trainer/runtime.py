@@ -46,6 +46,13 @@ class Runtime:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return [float(v) for v in tensor.tolist()]
 
+    def sum_tensors(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        """Each tensor summed element-wise over ranks (in place)."""
+        if self.world_size > 1:
+            for tensor in tensors:
+                dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return list(tensors)
+
     def any(self, flag: bool) -> bool:
         """True on every rank when ``flag`` is true on any rank (SIGTERM may reach ranks at different times)."""
         return self.sum(1.0 if flag else 0.0)[0] > 0
@@ -79,7 +86,7 @@ def start_runtime(*, precision: Precision) -> Runtime:
     )
     expected = launched_world_size()
     if runtime.world_size != expected:
-        # Accelerate has fallen back to one process before (FINDINGS: `accelerate launch --cpu`); a
+        # Accelerate can fall back to one process (`accelerate launch --cpu` did on this project's CPUs); a
         # silent single-process run would train N copies of the same model.
         raise RuntimeError(f"launcher asked for WORLD_SIZE={expected} but Accelerate runs {runtime.world_size}")
     return runtime

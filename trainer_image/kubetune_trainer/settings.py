@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from kubetune.api.spec import DatasetSpec, Hyperparameters, MethodType
+from kubetune.api.spec import DatasetSpec, Hyperparameters, MethodType, Objective
 from kubetune_trainer.data.packing import plan_batches
 
 DeviceType = Literal["cpu", "cuda"]
@@ -22,6 +22,10 @@ Precision = Literal["bf16", "fp16", "fp32"]
 # Adapters move few weights a long way; full fine-tuning moves all weights a little.
 ADAPTER_LEARNING_RATE = 2e-4
 FULL_LEARNING_RATE = 2e-5
+# DPO moves a model away from its own answers, not towards new ones: common practice takes a learning rate
+# about 4x (adapters) to 40x (full) lower than for SFT.
+DPO_ADAPTER_LEARNING_RATE = 5e-5
+DPO_FULL_LEARNING_RATE = 5e-7
 DEFAULT_WARMUP_RATIO = 0.03
 # "auto" epochs: 3 passes for small datasets (the usual instruction-tuning regime), fewer when one pass
 # already shows the model many examples (overfitting and cost grow with passes).
@@ -79,22 +83,41 @@ def resolve_batch_size(hp: Hyperparameters, *, device: DeviceType, max_seq_lengt
     return max(1, min(AUTO_BATCH_MAX, AUTO_BATCH_TOKENS_GPU // max_seq_length))
 
 
-def resolve_learning_rate(hp: Hyperparameters, *, method: MethodType) -> float:
+def resolve_learning_rate(hp: Hyperparameters, *, method: MethodType, objective: Objective = "sft") -> float:
     if hp.learning_rate is not None:
         return hp.learning_rate
+    if objective == "dpo":
+        return DPO_FULL_LEARNING_RATE if method == "full" else DPO_ADAPTER_LEARNING_RATE
     return FULL_LEARNING_RATE if method == "full" else ADAPTER_LEARNING_RATE
 
 
-def resolve_precision(requested: str, *, device: DeviceType, bf16_supported: bool) -> Precision:
+@dataclass(frozen=True, kw_only=True)
+class PrecisionChoice:
+    """The precision asked for, the one used, and why they differ (empty when they do not)."""
+
+    requested: str
+    used: Precision
+    reason: str = ""
+
+
+def resolve_precision(requested: str, *, device: DeviceType, bf16_supported: bool) -> PrecisionChoice:
     """auto: bf16 on GPUs that support it, else fp32. The CPU always trains in fp32: bf16 matmuls ran
-    over 100x slower than fp32 on the CPUs measured (FINDINGS), and fp16 autocast is GPU-only."""
+    over 100x slower than fp32 on the CPUs measured (docs/trainer.md), and fp16 autocast is GPU-only. bf16 on a
+    GPU without it trains in fp16 with loss scaling (the same 16-bit memory, a narrower range); the recipe
+    logs that and the output manifest records it."""
     if device == "cpu":
-        return "fp32"
+        reason = "" if requested in ("auto", "fp32") else "the CPU trains in fp32 (16-bit matmuls are far slower there)"
+        return PrecisionChoice(requested=requested, used="fp32", reason=reason)
     if requested == "auto":
-        return "bf16" if bf16_supported else "fp32"
+        return PrecisionChoice(requested=requested, used="bf16" if bf16_supported else "fp32")
     if requested == "bf16" and not bf16_supported:
-        return "fp16"
-    return "fp32" if requested == "fp32" else ("fp16" if requested == "fp16" else "bf16")
+        return PrecisionChoice(
+            requested=requested,
+            used="fp16",
+            reason="this GPU has no bf16; fp16 with loss scaling keeps the 16-bit memory footprint",
+        )
+    used: Precision = "fp32" if requested == "fp32" else ("fp16" if requested == "fp16" else "bf16")
+    return PrecisionChoice(requested=requested, used=used)
 
 
 def micro_batches_per_step(*, world_size: int, gradient_accumulation_steps: int) -> int:
@@ -141,6 +164,7 @@ def resolve_hyperparameters(
     hp: Hyperparameters,
     *,
     method: MethodType,
+    objective: Objective = "sft",
     dataset: DatasetSpec,
     lengths: Sequence[int],
     world_size: int,
@@ -180,7 +204,7 @@ def resolve_hyperparameters(
         epoch_steps=tuple(steps),
         total_steps=total,
         data_passes=sum(done / whole for done, whole in zip(steps, full, strict=True)),
-        learning_rate=resolve_learning_rate(hp, method=method),
+        learning_rate=resolve_learning_rate(hp, method=method, objective=objective),
         warmup_steps=warmup,
         scheduler=hp.scheduler,
         per_device_batch_size=batch_size,

@@ -17,6 +17,7 @@ from typing import Any
 import fsspec
 
 from kubetune.api.uris import PVC_MOUNT_ROOT, local_path, parse_uri
+from kubetune.files import fsync_dir
 from kubetune_trainer.errors import ConfigError
 
 
@@ -39,11 +40,6 @@ class Location:
 
     def exists(self, name: str) -> bool:
         return bool(self.fs.exists(f"{self.path.rstrip('/')}/{name}"))
-
-    def read_bytes(self, name: str) -> bytes:
-        data = self.fs.cat_file(f"{self.path.rstrip('/')}/{name}")
-        assert isinstance(data, bytes)
-        return data
 
     def list_dirs(self) -> list[str]:
         """Names of the sub-directories (empty when the location does not exist yet)."""
@@ -109,7 +105,7 @@ def publish_dir(staged: Path, location: Location, name: str, *, marker: str) -> 
             shutil.rmtree(old)
         else:
             os.replace(staged, final)
-        _fsync_dir(location.local)
+        fsync_dir(location.local)
         return
     target = location.child(name)
     for path in sorted(staged.rglob("*")):
@@ -126,23 +122,3 @@ def download_dir(location: Location, name: str, *, into: Path) -> Path:
     target = into / name
     location.fs.get(f"{location.path}/{name}", str(target), recursive=True)
     return target
-
-
-def write_file_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file, fsync and rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -557,6 +557,8 @@ OBJECTIVE_FORMAT_MESSAGE = (
     "(dataset.format auto or preference)"
 )
 
+DPO_PACKING_MESSAGE = "dataset.packing is not used with method.objective dpo: each pair is two rows of its own"
+
 
 class FineTuneJobSpec(ApiModel):
     """A fine-tuning run: a base model, data, a method and where the result goes."""
@@ -595,6 +597,10 @@ class FineTuneJobSpec(ApiModel):
                         " ? self.dataset.format in ['auto', 'preference'] : self.dataset.format != 'preference'"
                     ),
                     "message": OBJECTIVE_FORMAT_MESSAGE,
+                },
+                {
+                    "rule": "self.method.objective != 'dpo' || !self.dataset.packing",
+                    "message": DPO_PACKING_MESSAGE,
                 },
             ]
         }
@@ -636,4 +642,6 @@ class FineTuneJobSpec(ApiModel):
             self.method.objective == "sft" and preference
         ):
             raise ValueError(OBJECTIVE_FORMAT_MESSAGE)
+        if self.method.objective == "dpo" and self.dataset.packing:
+            raise ValueError(DPO_PACKING_MESSAGE)
         return self

@@ -162,14 +162,24 @@ def validate_data(
     )
     names = {file_uri(f): f for f in [*files, *([validation] if validation else [])]}
     try:
-        from kubetune_trainer.data import DataConfigError, DataError, check_data, prepare_data
+        from kubetune_trainer.data import (
+            DataConfigError,
+            DataError,
+            check_data,
+            prepare_data,
+            prepare_preference_data,
+        )
         from kubetune_trainer.data.report import report_to_dict
     except ImportError as err:
         raise CliError(f"validate-data runs the trainer, whose dependencies are missing: {err}") from None
     quiet_trainer_logs()
     try:
+        # --format preference: DPO pairs (method.objective dpo), the only objective that reads them.
+        pairs = format_ == "preference"
         if tokenizer is None:
-            report = check_data(spec, seed=seed)
+            report = check_data(spec, seed=seed, objective="dpo" if pairs else "sft")
+        elif pairs:
+            report = prepare_preference_data(spec, tokenizer=_load_tokenizer(tokenizer), seed=seed).report
         else:
             report = prepare_data(spec, tokenizer=_load_tokenizer(tokenizer), seed=seed).report
     except DataError as err:

@@ -13,23 +13,18 @@ import yaml
 from kubetune.api.resource import KIND
 from kubetune.api.validation import validate_manifest_file
 from kubetune.cli.errors import CliError, CliExit
+from kubetune.files import write_file_atomically
 
 OutputFileOption = Annotated[
     str | None, typer.Option("-o", "--output", help="Write to this file (atomically) instead of stdout.")
 ]
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def _emit(text: str, output: str | None) -> None:
     if output is None or output == "-":
         sys.stdout.write(text)
     else:
-        _write_atomically(Path(output), text)
+        write_file_atomically(Path(output), text)
 
 
 def crd(
@@ -62,7 +57,7 @@ def crd(
         directory = Path(output)
         directory.mkdir(parents=True, exist_ok=True)
         for each in kinds:
-            _write_atomically(directory / each.file_name, render_crd_yaml(each))
+            write_file_atomically(directory / each.file_name, render_crd_yaml(each))
     else:
         # One YAML stream: each document starts with the generator's header comment and "---".
         _emit("---\n".join(render_crd_yaml(each) for each in kinds), output)

@@ -22,6 +22,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from kubetune.api.progress import PreferenceMetrics
 from kubetune.api.resource import GROUP, KIND
 from kubetune.api.status import FineTuneJobStatus, Metrics, Progress
 from kubetune.api.validation import field_path
@@ -197,6 +198,14 @@ def plain_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
 # -- status ----------------------------------------------------------------------------------------------
 
 
+def rewards(metrics: PreferenceMetrics) -> str:
+    """DPO's reward metrics on one line, e.g. "accuracy 81%, margin 0.42 (chosen 0.12, rejected -0.30)"."""
+    return (
+        f"accuracy {metrics.reward_accuracy:.0%}, margin {metrics.reward_margin:.3g} "
+        f"(chosen {metrics.chosen_reward:.3g}, rejected {metrics.rejected_reward:.3g})"
+    )
+
+
 def status_fields(view: JobView, *, now: datetime) -> list[tuple[str, str]]:
     """``kubetune status``: (label, value) for everything known, in reading order."""
     status = view.status
@@ -213,6 +222,9 @@ def status_fields(view: JobView, *, now: datetime) -> list[tuple[str, str]]:
             ("Tokens/s", count(metrics.tokens_per_second)),
             ("Trained tokens", count(metrics.trained_tokens)),
         ]
+        for label, preference in (("Rewards", metrics.preference), ("Eval rewards", metrics.eval_preference)):
+            if preference is not None:
+                fields.append((label, rewards(preference)))
     if progress is not None and progress.eta_seconds is not None and not view.finished:
         fields.append(("ETA", short_duration(progress.eta_seconds)))
     if status.profile is not None:

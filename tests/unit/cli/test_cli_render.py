@@ -67,6 +67,16 @@ def test_running_status_shows_progress_loss_throughput_and_eta() -> None:
     assert "Failure" not in fields and "Output" not in fields
 
 
+def test_a_dpo_job_shows_its_reward_metrics_and_an_sft_job_none() -> None:
+    preference = {"rewardAccuracy": 0.8125, "rewardMargin": 0.4213, "chosenReward": 0.12, "rejectedReward": -0.3013}
+    status = {**RUNNING_STATUS, "metrics": {**RUNNING_STATUS["metrics"], "evalPreference": preference}}
+    fields = dict(status_fields(JobView.from_object(ftj("demo", status=status)), now=NOW))
+    assert fields["Eval rewards"] == "accuracy 81%, margin 0.421 (chosen 0.12, rejected -0.301)"
+    assert "Rewards" not in fields
+    sft = dict(status_fields(JobView.from_object(ftj("demo", status=RUNNING_STATUS)), now=NOW))
+    assert "Eval rewards" not in sft
+
+
 def test_failed_status_names_the_reason_pod_container_exit_code_and_message() -> None:
     view = JobView.from_object(ftj("demo", status=FAILED_STATUS))
     fields = dict(status_fields(view, now=NOW))

@@ -105,3 +105,18 @@ def test_options_the_dataset_spec_rejects_are_named(in_tmp: Path, capsys: pytest
 def test_a_missing_file_is_a_data_error_naming_it(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate-data", "nope.jsonl"]) == CliExit.INVALID
     assert "nope.jsonl: train[0]: no such file, directory or prefix" in capsys.readouterr().err
+
+
+def test_preference_pairs_are_checked_with_format_preference(
+    in_tmp: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = {"prompt": "What is LoRA?", "chosen": "Low-rank adapters.", "rejected": "A radio protocol."}
+    write_jsonl(in_tmp / "pairs.jsonl", [good, {"prompt": "Hi", "chosen": "Hello"}])
+    assert main(["validate-data", "pairs.jsonl", "--format", "preference"]) == CliExit.INVALID
+    err = capsys.readouterr().err
+    assert "pairs.jsonl:2: rejected" in err
+
+    write_jsonl(in_tmp / "pairs.jsonl", [good] * 3)
+    assert main(["validate-data", "pairs.jsonl", "--format", "preference", "--tokenizer", str(tokenizer_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "prompt_chosen_rejected" in out and "valid: 3 training examples" in out

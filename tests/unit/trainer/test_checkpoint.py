@@ -7,7 +7,7 @@ from pathlib import Path
 import fsspec
 import pytest
 import torch
-from kubetune_trainer.checkpoint import MARKER, CheckpointStore, TrainingPosition, load_checkpoint
+from kubetune_trainer.checkpoint import MARKER, CheckpointStore, TrainingPosition, TrainingState, load_checkpoint
 from kubetune_trainer.storage import Location, resolve_location
 
 
@@ -23,16 +23,37 @@ def _position(step: int) -> TrainingPosition:
     )
 
 
-def _save(store: CheckpointStore, step: int, model: torch.nn.Module, *, optimizer_steps: int = 0) -> str:
+class _OneRank:
+    rank = 0
+    is_main = True
+
+    def barrier(self) -> None:
+        pass
+
+
+def _save(
+    store: CheckpointStore,
+    step: int,
+    model: torch.nn.Module,
+    *,
+    optimizer_steps: int = 0,
+    extra: dict[str, torch.Tensor] | None = None,
+) -> str:
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     for _ in range(optimizer_steps):  # AdamW keeps tensors (moments) in its state only after a step
         model(torch.ones(1, 2)).sum().backward()
         optimizer.step()
-    staged = store.stage(step)
-    store.write_rank(staged, rank=0)
-    store.write_shared(staged, weights=dict(model.named_parameters()), optimizer=optimizer, scheduler=scheduler)
-    return store.publish(staged, position=_position(step))
+    state = TrainingState(
+        position=_position(step),
+        weights=dict(model.named_parameters()),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        extra=extra or {},
+    )
+    uri = store.save(state, ranks=_OneRank())
+    assert uri is not None
+    return uri
 
 
 def test_newest_complete_checkpoint_is_found_and_older_ones_pruned(tmp_path: Path) -> None:
@@ -127,3 +148,38 @@ def test_publishing_refuses_a_directory_without_its_marker(tmp_path: Path) -> No
     staged.mkdir()
     with pytest.raises(FileNotFoundError, match="marker"):
         publish_dir(staged, resolve_location(f"file://{tmp_path}/dest", field="f"), "x", marker=MARKER)
+
+
+def test_restore_loads_the_extra_tensors_and_deletes_a_downloaded_copy(tmp_path: Path) -> None:
+    fs = fsspec.filesystem("memory")
+    location = Location(uri="memory://bucket/run2/checkpoints", fs=fs, path="/bucket/run2/checkpoints", local=None)
+    store = CheckpointStore(location, keep_last=1, cache_dir=tmp_path / "cache")
+    model = torch.nn.Linear(2, 2)
+    reference = torch.tensor([-1.5, -2.25, -3.0])
+    _save(store, 4, model, extra={"reference_chosen": reference})
+    saved = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.zero_()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    try:
+        restored = store.restore(
+            model=model, optimizer=optimizer, scheduler=scheduler, rank=0, device=torch.device("cpu")
+        )
+        assert restored is not None and restored.position == _position(4) and restored.rng_restored
+        torch.testing.assert_close(model.weight, saved)
+        torch.testing.assert_close(restored.extra["reference_chosen"], reference)
+        # The downloaded copy is gone: a long run resumed many times does not fill the pod's disk.
+        assert not any((tmp_path / "cache").rglob("*.safetensors"))
+    finally:
+        fs.rm("/bucket", recursive=True)
+
+
+def test_restore_finds_nothing_in_an_empty_location(tmp_path: Path) -> None:
+    store = CheckpointStore(resolve_location(f"file://{tmp_path}", field="f"), keep_last=1, cache_dir=tmp_path)
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    assert (
+        store.restore(model=model, optimizer=optimizer, scheduler=scheduler, rank=0, device=torch.device("cpu")) is None
+    )

@@ -18,7 +18,7 @@ from kubetune_trainer.settings import resolve_precision
 runtime = start_runtime(precision="fp32")
 backend = dist.get_backend() if dist.is_initialized() else "none"
 total = runtime.sum(float(runtime.rank + 1))[0]
-precision = resolve_precision("auto", device=runtime.device_type, bf16_supported=False)
+precision = resolve_precision("auto", device=runtime.device_type, bf16_supported=False).used
 print(f"PROBE rank={runtime.rank} world={runtime.world_size} device={runtime.device_type} "
       f"backend={backend} sum={total:g} precision={precision}", flush=True)
 stop_runtime()

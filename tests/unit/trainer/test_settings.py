@@ -189,7 +189,15 @@ def test_a_config_with_the_resolved_values_plans_the_same_steps(given: dict[str,
 
 
 def test_precision_is_fp32_on_cpu_whatever_was_asked_and_bf16_on_capable_gpus() -> None:
-    assert resolve_precision("bf16", device="cpu", bf16_supported=False) == "fp32"
-    assert resolve_precision("auto", device="cuda", bf16_supported=True) == "bf16"
-    assert resolve_precision("auto", device="cuda", bf16_supported=False) == "fp32"
-    assert resolve_precision("bf16", device="cuda", bf16_supported=False) == "fp16"
+    on_cpu = resolve_precision("bf16", device="cpu", bf16_supported=False)
+    assert on_cpu.used == "fp32" and "CPU" in on_cpu.reason
+    assert resolve_precision("fp32", device="cpu", bf16_supported=False).reason == ""
+    assert resolve_precision("auto", device="cuda", bf16_supported=True).used == "bf16"
+    assert resolve_precision("auto", device="cuda", bf16_supported=False).used == "fp32"
+    assert resolve_precision("fp16", device="cuda", bf16_supported=True).used == "fp16"
+
+
+def test_bf16_on_a_gpu_without_it_is_a_recorded_choice_not_a_silent_switch() -> None:
+    choice = resolve_precision("bf16", device="cuda", bf16_supported=False)
+    assert (choice.requested, choice.used) == ("bf16", "fp16")
+    assert "no bf16" in choice.reason

@@ -2,7 +2,7 @@
 
 The training loop uses only these names::
 
-    data = prepare_data(config.dataset, tokenizer=tokenizer, seed=seed, report_dir=out_dir)
+    data = prepare_data(config.dataset, tokenizer=tokenizer, seed=seed)
     plan = plan_batches([len(e.input_ids) for e in data.train], batch_size=..., max_seq_length=...,
                         packing=config.dataset.packing, seed=seed, epoch=epoch)
     for batch in plan:
@@ -12,7 +12,7 @@ The training loop uses only these names::
 """
 
 from kubetune_trainer.data.packing import block_causal_mask, collate, plan_batches
-from kubetune_trainer.data.prepare import check_data, prepare_data
+from kubetune_trainer.data.prepare import check_data, prepare_data, prepare_preference_data
 from kubetune_trainer.data.report import REPORT_FILE_NAME
 from kubetune_trainer.data.types import (
     IGNORE_INDEX,
@@ -23,6 +23,7 @@ from kubetune_trainer.data.types import (
     Example,
     Message,
     PreparedData,
+    PreparedPairs,
     TokenizedExample,
     TokenStats,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "Example",
     "Message",
     "PreparedData",
+    "PreparedPairs",
     "TokenStats",
     "TokenizedExample",
     "block_causal_mask",
@@ -44,4 +46,5 @@ __all__ = [
     "collate",
     "plan_batches",
     "prepare_data",
+    "prepare_preference_data",
 ]

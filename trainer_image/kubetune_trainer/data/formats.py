@@ -2,7 +2,7 @@
 
 Every format parses to the same canonical form, so "the same content" as messages, prompt/completion,
 alpaca or sharegpt yields equal examples. Each problem is reported with the record's source and the
-offending field, the way OpenAI's fine-tuning file validation does.
+offending field.
 """
 
 from __future__ import annotations
@@ -91,6 +91,8 @@ def detect_schema(sample: Mapping[str, object], *, configured: DatasetFormat, ma
             return str(explicit[field])
         return next((name for name in ALIASES[field] if name in sample), None)
 
+    if configured == "preference":
+        raise DetectionError("dataset.format preference is read only with method.objective dpo")
     if configured != "auto":
         fmt: Format = configured
     else:

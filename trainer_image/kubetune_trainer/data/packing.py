@@ -1,7 +1,8 @@
 """Batch planning and collation: which examples share a batch (and a row), and the tensors they become.
 
 Packing puts several examples in one row. They must not see each other: restarting ``position_ids``
-alone does not isolate them with sdpa or eager attention (FINDINGS.md), so a packed batch carries a 4-D
+alone does not isolate them with sdpa or eager attention (tests/unit/trainer/data/test_data_packing.py
+shows it), so a packed batch carries a 4-D
 additive mask that is block-diagonal and causal. A boolean mask is wrong with eager attention, hence
 float: 0.0 where attention is allowed, the dtype's most negative finite value elsewhere.
 """

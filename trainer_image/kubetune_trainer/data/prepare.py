@@ -1,7 +1,8 @@
 """``prepare_data``: read → parse → validate → split → tokenize, failing with every problem at once.
 
-Like OpenAI's fine-tuning file validation, nothing trains until the whole dataset passed: each bad
-record is reported with its "file:line" and field, the report is written to ``data-report.json`` and
+Nothing trains until the whole dataset passed: each bad
+record is reported with its "file:line" and field, the report is kept (``PreparedData.report``, or
+``DataError.report``; the recipe writes it into the artifact as ``data-report.json``) and
 :class:`DataError` stops the run (exit code BAD_DATA) instead of training on half a dataset.
 """
 
@@ -10,17 +11,25 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from fsspec import AbstractFileSystem
 
 from kubetune.api.spec import DatasetSpec
+from kubetune.api.spec import Objective as ObjectiveName
 from kubetune.api.uris import PVC_MOUNT_ROOT
-from kubetune_trainer.data.formats import DetectionError, Schema, detect_schema, parse_record
-from kubetune_trainer.data.report import MAX_REPORTED_ERRORS, token_stats, write_report
+from kubetune_trainer.data.formats import DetectionError, Rejected, detect_schema, parse_record
+from kubetune_trainer.data.preference import (
+    PreferencePair,
+    TokenizedPair,
+    detect_preference_schema,
+    parse_preference_record,
+    tokenize_pair,
+)
+from kubetune_trainer.data.report import MAX_REPORTED_ERRORS, token_stats
 from kubetune_trainer.data.sources import (
     RawRecord,
     json_type,
@@ -38,6 +47,7 @@ from kubetune_trainer.data.types import (
     DataReport,
     Example,
     PreparedData,
+    PreparedPairs,
     TokenizedExample,
 )
 
@@ -52,12 +62,46 @@ MIN_RECOMMENDED_EXAMPLES = 100
 MAX_LISTED_SKIPS = 20
 
 
+class _Schema(Protocol):
+    @property
+    def format(self) -> str: ...
+
+    @property
+    def columns(self) -> dict[str, str]: ...
+
+    def describe(self) -> str: ...
+
+
+Item = TypeVar("Item", Example, PreferencePair)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Reader(Generic[Item]):
+    """How records become items: SFT examples or preference pairs (the rest of reading is shared)."""
+
+    detect: Callable[[Mapping[str, object]], _Schema]
+    parse: Callable[[object, str, Any], Item | Rejected]
+
+
+def _sft_reader(dataset: DatasetSpec) -> _Reader[Example]:
+    return _Reader(
+        detect=lambda sample: detect_schema(sample, configured=dataset.format, mapping=dataset.field_mapping),
+        parse=lambda value, source, schema: parse_record(value, source=source, schema=schema),
+    )
+
+
+def _preference_reader(dataset: DatasetSpec) -> _Reader[PreferencePair]:
+    return _Reader(
+        detect=lambda sample: detect_preference_schema(sample, mapping=dataset.field_mapping),
+        parse=lambda value, source, schema: parse_preference_record(value, source=source, schema=schema),
+    )
+
+
 @dataclass(kw_only=True)
 class _Collector:
     """The report under construction, plus the training files' running hash."""
 
     report: DataReport
-    report_dir: Path | None
     hasher: hashlib._Hash = field(default_factory=hashlib.sha256)
 
     def error(self, issue: DataIssue) -> None:
@@ -74,10 +118,9 @@ class _Collector:
         if not self.report.error_count:
             return
         self.report.status = "failed"
-        path = write_report(self.report, directory=self.report_dir) if self.report_dir else None
         count = self.report.error_count
         summary = f"{stage}: {count} problem{'s' if count != 1 else ''} in the dataset"
-        raise DataError(summary, errors=self.report.errors, report_path=path, report=self.report)
+        raise DataError(summary, errors=self.report.errors, report=self.report)
 
 
 def prepare_data(
@@ -85,17 +128,16 @@ def prepare_data(
     *,
     tokenizer: PreTrainedTokenizerBase,
     seed: int,
-    report_dir: Path | None = None,
     pvc_root: PurePosixPath = PVC_MOUNT_ROOT,
     remote_fs: AbstractFileSystem | None = None,
 ) -> PreparedData:
-    """Validate and tokenize a dataset. Raises :class:`DataError` (bad data, report written when
-    ``report_dir`` is given) or :class:`DataConfigError` (the tokenizer cannot format it).
+    """Validate and tokenize a dataset. Raises :class:`DataError` (bad data; its ``report`` says what was
+    found) or :class:`DataConfigError` (the tokenizer cannot format it).
 
     ``remote_fs`` stands in for the s3 filesystem (tests, or a store configured by the caller).
     """
-    collector = _Collector(report=DataReport(max_seq_length=dataset.max_seq_length), report_dir=report_dir)
-    train, validation = _read(dataset, seed=seed, out=collector, pvc_root=pvc_root, fs=remote_fs)
+    collector = _Collector(report=DataReport(max_seq_length=dataset.max_seq_length))
+    train, validation = _read(_sft_reader(dataset), dataset, seed=seed, out=collector, pvc_root=pvc_root, fs=remote_fs)
     report = collector.report
     try:
         train_tokens = _tokenize(train, tokenizer=tokenizer, dataset=dataset, out=collector)
@@ -105,8 +147,6 @@ def prepare_data(
         report.status = "failed"
         report.errors.append(DataIssue("", "tokenizer", str(err)))
         report.error_count += 1
-        if report_dir is not None:
-            write_report(report, directory=report_dir)
         raise
     collector.fail_if_errors("tokenization failed")
 
@@ -127,8 +167,6 @@ def prepare_data(
     )
     for warning in report.warnings:
         log.warning("data: %s", warning)
-    if report_dir is not None:
-        write_report(report, directory=report_dir)
     return PreparedData(
         train=train_tokens, validation=validation_tokens, report=report, dataset_sha256=collector.hasher.hexdigest()
     )
@@ -138,6 +176,7 @@ def check_data(
     dataset: DatasetSpec,
     *,
     seed: int,
+    objective: ObjectiveName = "sft",
     pvc_root: PurePosixPath = PVC_MOUNT_ROOT,
     remote_fs: AbstractFileSystem | None = None,
 ) -> DataReport:
@@ -146,8 +185,17 @@ def check_data(
     Raises :class:`DataError` on the same problems, naming the same records; the report has no token
     statistics. ``kubetune validate-data`` runs this when it is given no tokenizer.
     """
-    collector = _Collector(report=DataReport(max_seq_length=dataset.max_seq_length), report_dir=None)
-    train, validation = _read(dataset, seed=seed, out=collector, pvc_root=pvc_root, fs=remote_fs)
+    collector = _Collector(report=DataReport(max_seq_length=dataset.max_seq_length))
+    train: Sequence[Example | PreferencePair]
+    validation: Sequence[Example | PreferencePair]
+    if objective == "dpo":
+        train, validation = _read(
+            _preference_reader(dataset), dataset, seed=seed, out=collector, pvc_root=pvc_root, fs=remote_fs
+        )
+    else:
+        train, validation = _read(
+            _sft_reader(dataset), dataset, seed=seed, out=collector, pvc_root=pvc_root, fs=remote_fs
+        )
     report = collector.report
     report.train_examples, report.validation_examples = len(train), len(validation)
     _warn(report, train=train, validation=validation)
@@ -155,18 +203,19 @@ def check_data(
 
 
 def _read(
+    reader: _Reader[Item],
     dataset: DatasetSpec,
     *,
     seed: int,
     out: _Collector,
     pvc_root: PurePosixPath,
     fs: AbstractFileSystem | None,
-) -> tuple[list[Example], list[Example]]:
-    """Every file read and parsed, then the validation split made: (train, validation) examples."""
-    train = _load(dataset.train, role="train", dataset=dataset, out=out, pvc_root=pvc_root, fs=fs)
-    validation: list[Example] = []
+) -> tuple[list[Item], list[Item]]:
+    """Every file read and parsed, then the validation split made: (train, validation) items."""
+    train = _load(reader, dataset.train, role="train", out=out, pvc_root=pvc_root, fs=fs)
+    validation: list[Item] = []
     if dataset.validation is not None:
-        validation = _load([dataset.validation], role="validation", dataset=dataset, out=out, pvc_root=pvc_root, fs=fs)
+        validation = _load(reader, [dataset.validation], role="validation", out=out, pvc_root=pvc_root, fs=fs)
     if not train and not out.report.error_count:
         out.error(DataIssue(", ".join(dataset.train), "train", "no training records"))
     out.fail_if_errors("data validation failed")
@@ -187,15 +236,15 @@ def _read(
 
 
 def _load(
+    reader: _Reader[Item],
     uris: list[str],
     *,
     role: str,
-    dataset: DatasetSpec,
     out: _Collector,
     pvc_root: PurePosixPath,
     fs: AbstractFileSystem | None,
-) -> list[Example]:
-    examples: list[Example] = []
+) -> list[Item]:
+    examples: list[Item] = []
     for position, uri in enumerate(uris):
         where = f"train[{position}]" if role == "train" else "validation"
         try:
@@ -213,7 +262,7 @@ def _load(
             if role == "train":
                 out.hasher.update(content)
             errors_before = out.report.error_count
-            schema, parsed = _parse_file(read_records(data_file, content), dataset=dataset, out=out)
+            schema, parsed = _parse_file(reader, read_records(data_file, content), out=out)
             examples += parsed
             out.report.files.append(
                 {
@@ -234,26 +283,26 @@ def _load(
 
 
 def _parse_file(
-    records: Iterable[RawRecord], *, dataset: DatasetSpec, out: _Collector
-) -> tuple[Schema | None, list[Example]]:
+    reader: _Reader[Item], records: Iterable[RawRecord], *, out: _Collector
+) -> tuple[_Schema | None, list[Item]]:
     """Parse one file's records; the first JSON object decides the schema for the whole file."""
-    schema: Schema | None = None
-    examples: list[Example] = []
+    schema: _Schema | None = None
+    examples: list[Item] = []
     for record in records:
         if record.error is not None:
             out.error(DataIssue(record.source, "", record.error))
             continue
         if schema is None and isinstance(record.value, dict):
             try:
-                schema = detect_schema(record.value, configured=dataset.format, mapping=dataset.field_mapping)
+                schema = reader.detect(record.value)
             except DetectionError as err:
                 out.error(DataIssue(record.source, "format", str(err)))
                 break
         if schema is None:
             out.error(DataIssue(record.source, "", f"expected a JSON object, got {json_type(record.value)}"))
             continue
-        parsed = parse_record(record.value, source=record.source, schema=schema)
-        if isinstance(parsed, Example):
+        parsed = reader.parse(record.value, record.source, schema)
+        if not isinstance(parsed, Rejected):
             examples.append(parsed)
             continue
         for issue in parsed.errors:
@@ -273,11 +322,15 @@ def _tokenize(
     return [e for e in outcome.examples if e is not None]
 
 
-def _content_key(example: Example) -> object:
-    return (example.messages, example.text)
+def _content_key(item: Example | PreferencePair) -> object:
+    if isinstance(item, PreferencePair):
+        return (item.prompt, item.chosen, item.rejected)
+    return (item.messages, item.text)
 
 
-def _warn(report: DataReport, *, train: list[Example], validation: list[Example]) -> None:
+def _warn(
+    report: DataReport, *, train: Sequence[Example | PreferencePair], validation: Sequence[Example | PreferencePair]
+) -> None:
     if report.truncated:
         report.warnings.append(
             f"{report.truncated} example(s) longer than maxSeqLength={report.max_seq_length} tokens were "
@@ -295,3 +348,59 @@ def _warn(report: DataReport, *, train: list[Example], validation: list[Example]
     leaked = sum(1 for e in validation if _content_key(e) in counts)
     if leaked:
         report.warnings.append(f"{leaked} validation example(s) also appear in the training data")
+
+
+def prepare_preference_data(
+    dataset: DatasetSpec,
+    *,
+    tokenizer: PreTrainedTokenizerBase,
+    seed: int,
+    pvc_root: PurePosixPath = PVC_MOUNT_ROOT,
+    remote_fs: AbstractFileSystem | None = None,
+) -> PreparedPairs:
+    """:func:`prepare_data` for preference pairs (method.objective dpo): the same reading, validation, split
+    and report, each pair tokenized as two sequences after one prompt. The report's token statistics count
+    both answers' sequences."""
+    collector = _Collector(report=DataReport(max_seq_length=dataset.max_seq_length))
+    train, validation = _read(
+        _preference_reader(dataset), dataset, seed=seed, out=collector, pvc_root=pvc_root, fs=remote_fs
+    )
+    report = collector.report
+    try:
+        train_pairs = _tokenize_pairs(train, tokenizer=tokenizer, dataset=dataset, out=collector)
+        validation_pairs = _tokenize_pairs(validation, tokenizer=tokenizer, dataset=dataset, out=collector)
+    except DataConfigError as err:
+        report.status = "failed"
+        report.errors.append(DataIssue("", "tokenizer", str(err)))
+        report.error_count += 1
+        raise
+    collector.fail_if_errors("tokenization failed")
+    report.train_examples, report.validation_examples = len(train_pairs), len(validation_pairs)
+    report.train_tokens = token_stats([side for p in train_pairs for side in (p.chosen, p.rejected)])
+    report.validation_tokens = token_stats([side for p in validation_pairs for side in (p.chosen, p.rejected)])
+    _warn(report, train=train, validation=validation)
+    log.info(
+        "preference data ready: %d train / %d validation pairs; longest pair %d tokens",
+        report.train_examples,
+        report.validation_examples,
+        max((p.length for p in train_pairs), default=0),
+    )
+    for warning in report.warnings:
+        log.warning("data: %s", warning)
+    return PreparedPairs(
+        train=train_pairs, validation=validation_pairs, report=report, dataset_sha256=collector.hasher.hexdigest()
+    )
+
+
+def _tokenize_pairs(
+    pairs: list[PreferencePair], *, tokenizer: PreTrainedTokenizerBase, dataset: DatasetSpec, out: _Collector
+) -> list[TokenizedPair]:
+    tokenized: list[TokenizedPair] = []
+    for pair in pairs:
+        result = tokenize_pair(pair, tokenizer=tokenizer, max_seq_length=dataset.max_seq_length)
+        if isinstance(result, DataIssue):
+            out.error(result)
+            continue
+        out.report.truncated += int(result.truncated)
+        tokenized.append(result)
+    return tokenized

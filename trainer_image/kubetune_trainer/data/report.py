@@ -1,14 +1,11 @@
-"""The data report: token statistics, and ``data-report.json`` written so no reader sees half a file."""
+"""The data report: token statistics, and its JSON form (``data-report.json`` in the artifact)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 from kubetune_trainer.data.types import IGNORE_INDEX, DataReport, TokenizedExample, TokenStats
 
@@ -47,20 +44,6 @@ def report_to_dict(report: DataReport) -> dict[str, object]:
     return data
 
 
-def write_report(report: DataReport, *, directory: Path) -> Path:
-    """Write ``<directory>/data-report.json`` atomically: a temporary file in the same directory, fsynced,
-    then renamed over the target (rename is atomic within a filesystem)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / REPORT_FILE_NAME
-    payload = json.dumps(report_to_dict(report), indent=2, ensure_ascii=False) + "\n"
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{REPORT_FILE_NAME}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return target
+def render_report(report: DataReport) -> str:
+    """``data-report.json``'s text."""
+    return json.dumps(report_to_dict(report), indent=2, ensure_ascii=False) + "\n"

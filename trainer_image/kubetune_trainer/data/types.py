@@ -7,10 +7,12 @@ These names are the contract between the data layer and the training loop; every
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from kubetune.api.exit_codes import ExitCode
+
+if TYPE_CHECKING:
+    from kubetune_trainer.data.preference import TokenizedPair
 
 Role = Literal["system", "user", "assistant"]
 ROLES: tuple[Role, ...] = ("system", "user", "assistant")
@@ -106,8 +108,7 @@ class DataReport:
 class DataError(Exception):
     """The data is unusable (bad records, missing files...). The trainer exits with BAD_DATA.
 
-    ``errors`` lists each problem as (source "file:line", field, message); ``report_path`` is the
-    written ``data-report.json`` when a report directory was given; ``report`` is what the validation pass
+    ``errors`` lists each problem as (source "file:line", field, message); ``report`` is what the validation pass
     had found when it stopped (its ``error_count`` counts the problems beyond those listed).
     """
 
@@ -118,12 +119,10 @@ class DataError(Exception):
         summary: str,
         *,
         errors: list[DataIssue] | None = None,
-        report_path: Path | None = None,
         report: DataReport | None = None,
     ) -> None:
         self.summary = summary
         self.errors: list[DataIssue] = list(errors or [])
-        self.report_path = report_path
         self.report = report
         super().__init__(self._render())
 
@@ -132,8 +131,6 @@ class DataError(Exception):
         lines = [self.summary, *(f"  {issue}" for issue in shown)]
         if len(self.errors) > len(shown):
             lines.append(f"  ... and {len(self.errors) - len(shown)} more")
-        if self.report_path is not None:
-            lines.append(f"  full report: {self.report_path}")
         return "\n".join(lines)
 
 
@@ -154,4 +151,14 @@ class PreparedData:
     validation: list[TokenizedExample]
     report: DataReport
     # sha256 over the training files' stored bytes, in reading order (for the output manifest).
+    dataset_sha256: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreparedPairs:
+    """Tokenized preference pairs (method.objective dpo), with the report and the dataset's content hash."""
+
+    train: list[TokenizedPair]
+    validation: list[TokenizedPair]
+    report: DataReport
     dataset_sha256: str

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from kubetune_trainer.data import DataError, prepare_data
+from kubetune_trainer.data.report import render_report
 from kubetune_trainer.data.split import split_examples
 
 from kubetune.api.spec import DatasetSpec
@@ -92,8 +93,8 @@ def test_validation_examples_that_are_also_training_examples_are_warned_about(
     assert "2 validation example(s) also appear in the training data" in warnings
 
 
-def test_report_is_json_serializable_end_to_end(write_jsonl: WriteJsonl, tiny_tokenizer: Any, tmp_path: Path) -> None:
+def test_report_is_json_serializable_end_to_end(write_jsonl: WriteJsonl, tiny_tokenizer: Any) -> None:
     path = write_jsonl("d.jsonl", records(10))
-    prepare_data(DatasetSpec(train=[path.as_uri()]), tokenizer=tiny_tokenizer, seed=0, report_dir=tmp_path / "r")
-    report = json.loads((tmp_path / "r" / "data-report.json").read_text(encoding="utf-8"))
+    data = prepare_data(DatasetSpec(train=[path.as_uri()]), tokenizer=tiny_tokenizer, seed=0)
+    report = json.loads(render_report(data.report))
     assert report["train_tokens"]["count"] == 10 and report["validation_source"] == "none"

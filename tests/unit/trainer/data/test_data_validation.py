@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kubetune_trainer.data import REPORT_FILE_NAME, DataConfigError, DataError, DataReport, prepare_data
-from kubetune_trainer.data.report import write_report
+from kubetune_trainer.data import DataConfigError, DataError, prepare_data
+from kubetune_trainer.data.report import report_to_dict
 from tiny_chat_tokenizer import build_tiny_tokenizer
 
 from kubetune.api.exit_codes import ExitCode
@@ -149,63 +148,25 @@ def test_undetectable_format_is_a_data_error_with_guidance(write_jsonl: WriteJso
     assert caught.value.errors[0].field == "format"
 
 
-def test_failure_writes_the_report_with_status_failed(
-    write_jsonl: WriteJsonl, tiny_tokenizer: Any, tmp_path: Path
-) -> None:
+def test_failure_keeps_the_report_with_status_failed(write_jsonl: WriteJsonl, tiny_tokenizer: Any) -> None:
     path = write_jsonl("bad.jsonl", [GOOD["messages"], chat(USER)])
-    report_dir = tmp_path / "out"
     with pytest.raises(DataError) as caught:
-        prepare_data(DatasetSpec(train=[path.as_uri()]), tokenizer=tiny_tokenizer, seed=0, report_dir=report_dir)
-    assert caught.value.report_path == report_dir / REPORT_FILE_NAME
-    written = json.loads((report_dir / REPORT_FILE_NAME).read_text(encoding="utf-8"))
-    assert written["status"] == "failed" and written["error_count"] == 1
-    assert written["errors"] == [
+        prepare_data(DatasetSpec(train=[path.as_uri()]), tokenizer=tiny_tokenizer, seed=0)
+    report = caught.value.report
+    assert report is not None and report.status == "failed" and report.error_count == 1
+    assert report_to_dict(report)["errors"] == [
         {"source": f"{path.as_uri()}:2", "field": "messages", "message": "no assistant message: nothing to train on"}
     ]
-    assert str(report_dir / REPORT_FILE_NAME) in str(caught.value)
 
 
-def test_success_writes_the_report_too(write_jsonl: WriteJsonl, tiny_tokenizer: Any, tmp_path: Path) -> None:
+def test_success_keeps_the_report_in_memory_and_writes_nothing(
+    write_jsonl: WriteJsonl, tiny_tokenizer: Any, tmp_path: Path
+) -> None:
     path = write_jsonl("ok.jsonl", [GOOD["messages"]] * 3)
-    prepare_data(DatasetSpec(train=[path.as_uri()]), tokenizer=tiny_tokenizer, seed=0, report_dir=tmp_path)
-    written = json.loads((tmp_path / REPORT_FILE_NAME).read_text(encoding="utf-8"))
-    assert written["status"] == "ok" and written["train_examples"] == 3
-
-
-def test_report_is_renamed_into_place_from_a_temporary_file_in_the_same_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    renames: list[tuple[str, str]] = []
-    real_replace = os.replace
-
-    def spy(src: Any, dst: Any) -> None:
-        assert Path(dst).exists() is False or json.loads(Path(dst).read_text())["records"] == 1
-        renames.append((str(src), str(dst)))
-        real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", spy)
-    write_report(DataReport(records=1), directory=tmp_path)
-    write_report(DataReport(records=2), directory=tmp_path)
-    assert len(renames) == 2
-    for src, dst in renames:
-        assert Path(src).parent == Path(dst).parent == tmp_path and src != dst
-    assert json.loads((tmp_path / REPORT_FILE_NAME).read_text())["records"] == 2
-    assert [p.name for p in tmp_path.iterdir()] == [REPORT_FILE_NAME]
-
-
-def test_failed_report_write_keeps_the_old_report_and_leaves_no_temporary_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    write_report(DataReport(records=1), directory=tmp_path)
-
-    def broken_fsync(fd: int) -> None:
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "fsync", broken_fsync)
-    with pytest.raises(OSError, match="disk full"):
-        write_report(DataReport(records=2), directory=tmp_path)
-    assert [p.name for p in tmp_path.iterdir()] == [REPORT_FILE_NAME]
-    assert json.loads((tmp_path / REPORT_FILE_NAME).read_text())["records"] == 1
+    before = sorted(p.name for p in path.parent.iterdir())
+    data = prepare_data(DatasetSpec(train=[path.as_uri()]), tokenizer=tiny_tokenizer, seed=0)
+    assert data.report.status == "ok" and data.report.train_examples == 3
+    assert sorted(p.name for p in path.parent.iterdir()) == before
 
 
 def test_small_and_duplicated_datasets_are_warnings_not_errors(write_jsonl: WriteJsonl, tiny_tokenizer: Any) -> None:
@@ -231,20 +192,16 @@ def test_lamini_docs_auto_detects_and_skips_its_one_empty_answer(tiny_tokenizer:
     assert report.train_tokens.p50 <= report.train_tokens.p95 <= report.train_tokens.max
 
 
-def test_a_tokenizer_that_cannot_format_the_data_fails_as_config_and_still_writes_the_report(
-    write_jsonl: WriteJsonl, tmp_path: Path
-) -> None:
+def test_a_tokenizer_that_cannot_format_the_data_fails_as_config(write_jsonl: WriteJsonl) -> None:
     path = write_jsonl("ok.jsonl", [GOOD["messages"]])
     with pytest.raises(DataConfigError) as caught:
         prepare_data(
             DatasetSpec(train=[path.as_uri()]),
             tokenizer=build_tiny_tokenizer(chat_template=None),
             seed=0,
-            report_dir=tmp_path,
         )
     assert caught.value.exit_code == ExitCode.BAD_CONFIG
-    written = json.loads((tmp_path / REPORT_FILE_NAME).read_text(encoding="utf-8"))
-    assert written["status"] == "failed" and written["errors"][0]["field"] == "tokenizer"
+    assert "chat template" in str(caught.value)
 
 
 def test_an_empty_shard_is_a_warning_but_no_records_at_all_is_an_error(tmp_path: Path, tiny_tokenizer: Any) -> None:

@@ -143,7 +143,7 @@ def test_accumulated_micro_batches_give_the_same_step_as_one_batch(
         recipe.setup()
         try:
             # Rows of very different lengths, so per-micro-batch means would weigh tokens unequally.
-            loss = recipe._optimizer_step(micro_batches)[0]
+            loss = recipe._optimizer_step(micro_batches).loss
             weights = {k: v.detach().clone() for k, v in recipe.model.named_parameters() if v.requires_grad}
         finally:
             recipe.cleanup()

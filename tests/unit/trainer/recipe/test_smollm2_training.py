@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dpo_pairs import dpo_config, preference_pairs
 
 from kubetune.api.exit_codes import ExitCode
 
@@ -119,3 +120,45 @@ def test_dora_trains_with_falling_loss(
     assert all(b < a for a, b in itertools.pairwise(losses)), losses
     adapter_config = json.loads((tmp_path / "out" / "adapter" / "adapter_config.json").read_text())
     assert adapter_config["use_dora"] is True
+
+
+def test_dpo_with_lora_on_lamini_pairs_lifts_held_out_reward_accuracy(
+    smollm2_dir: Path,
+    lamini_path: Path,
+    tmp_path: Path,
+    run_in_process: Runner,
+    config_factory: Callable[..., dict[str, Any]],
+) -> None:
+    out = tmp_path / "out"
+    # Chosen: the question's own answer; rejected: the next question's. 96 train / 24 held-out pairs.
+    data = preference_pairs(lamini_path, tmp_path / "pairs.jsonl", count=120)
+    config = dpo_config(
+        config_factory,
+        model_dir=smollm2_dir,
+        gguf_file=GGUF,
+        data=data,
+        output=out,
+        dataset={"validationSplit": 0.2, "maxSeqLength": 192},
+        method={"rank": 16, "alpha": 32},
+        hyperparameters={
+            "maxSteps": 24,
+            "perDeviceBatchSize": 4,
+            "learningRate": 5e-4,
+            "warmupSteps": 2,
+            "evalEverySteps": 12,
+        },
+        checkpointing={"everySteps": 100},
+    )
+    code, events = run_in_process(config, samples=1)
+
+    assert code == ExitCode.OK
+    evals = [e for e in events if e.event == "eval"]
+    assert [e.step for e in evals] == [0, 12, 24]
+    accuracy = [e.preference.reward_accuracy for e in evals if e.preference is not None]
+    margins = [e.preference.reward_margin for e in evals if e.preference is not None]
+    # Step 0: the policy is the reference, so every margin is 0 and no pair counts as ranked right.
+    assert accuracy[0] == 0.0 and margins[0] == pytest.approx(0.0, abs=1e-4)
+    assert accuracy[-1] >= 0.75, f"held-out reward accuracy {accuracy}"
+    assert margins[-1] > 0.1 and evals[-1].eval_loss < evals[0].eval_loss - 0.1
+    report = json.loads((out / "eval-report.json").read_text())
+    assert report["objective"] == "dpo" and report["improved"] > report["worsened"]
