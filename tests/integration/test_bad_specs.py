@@ -119,6 +119,15 @@ CASES = [
         "api",
         {"resources": {"gpusPerNode": 0, "gpuProduct": "NVIDIA-L4"}},
     ),
+    BadSpec("dpo-settings-on-sft", "method.dpo", "api", {"method": {"dpo": {"beta": 0.2}}}),
+    BadSpec("dpo-beta-zero", "spec.method.dpo.beta", "api", {"method": {"objective": "dpo", "dpo": {"beta": 0}}}),
+    BadSpec(
+        "dpo-with-sft-data", "dataset.format", "api", {"method": {"objective": "dpo"}, "dataset": {"format": "alpaca"}}
+    ),
+    BadSpec("pairs-for-sft", "dataset.format", "api", {"dataset": {"format": "preference"}}),
+    BadSpec(
+        "dpo-with-packing", "dataset.packing", "api", {"method": {"objective": "dpo"}, "dataset": {"packing": True}}
+    ),
     BadSpec(
         "16-bit-precision-on-cpu",
         "hyperparameters.precision",

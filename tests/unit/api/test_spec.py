@@ -73,6 +73,21 @@ def test_wire_form_is_camel_case_and_round_trips() -> None:
         ({"trainer": {"env": [{"name": "HF_TOKEN", "value": "hf_abc"}]}}, "spec.trainer.env[0].name", "credential"),
         ({"model": {"source": "s3://KEY:SECRET@bucket/m"}}, "spec.model.source", "credentials"),
         ({"model": {"source": "hf://org/m", "unknownField": 1}}, "spec.model.unknownField", "Extra inputs"),
+        ({"method": {"dpo": {"beta": 0.2}}}, "spec.method", "method.dpo is only valid with method.objective dpo"),
+        ({"method": {"objective": "dpo", "dpo": {"beta": 0}}}, "spec.method.dpo.beta", "greater than 0"),
+        ({"method": {"objective": "dpo", "dpo": {"labelSmoothing": 0.5}}}, "spec.method.dpo.labelSmoothing", "0.5"),
+        ({"method": {"objective": "ppo"}}, "spec.method.objective", "'sft' or 'dpo'"),
+        (
+            {"method": {"objective": "dpo"}, "dataset": {"train": ["pvc://d/x"], "format": "alpaca"}},
+            "spec",
+            "dpo reads only preference data",
+        ),
+        ({"dataset": {"train": ["pvc://d/x"], "format": "preference"}}, "spec", "goes with method.objective dpo"),
+        (
+            {"method": {"objective": "dpo"}, "dataset": {"train": ["pvc://d/x"], "packing": True}},
+            "spec",
+            "dataset.packing is not used with method.objective dpo",
+        ),
     ],
 )
 def test_bad_specs_name_the_field(overrides: dict[str, Any], field: str, fragment: str) -> None:
@@ -104,6 +119,15 @@ def test_gpu_jobs_keep_16_bit_precision_and_a_gpu_product(precision: str) -> Non
         "hyperparameters": {"precision": precision},
     }
     assert spec_errors(minimal_spec(**overrides)) == []
+
+
+def test_a_dpo_spec_defaults_beta_and_reads_auto_or_preference_data() -> None:
+    for data_format in ("auto", "preference"):
+        dataset = {"train": ["pvc://d/pairs.jsonl"], "format": data_format}
+        spec = FineTuneJobSpec.model_validate(minimal_spec(method={"objective": "dpo"}, dataset=dataset))
+        assert spec.method.dpo is None
+        assert (spec.method.dpo_settings.beta, spec.method.dpo_settings.label_smoothing) == (0.1, 0.0)
+    assert FineTuneJobSpec.model_validate(minimal_spec()).method.objective == "sft"
 
 
 def test_manifest_checks_name_length_and_kind() -> None:

@@ -68,6 +68,7 @@ def test_the_documented_examples_exist() -> None:
         "quickstart.yaml",
         "quickstart-storage.yaml",
         "tenant-minimal.yaml",
+        "dpo-lora.yaml",
     }
     assert {p.name for p in PLATFORM_FILES} == {"profiles.yaml", "namespaces.yaml", "profile-access.yaml", "kueue.yaml"}
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from kubetune_operator.metrics import OperatorMetrics
 from prometheus_client import generate_latest
 
-from kubetune.api.progress import EvalEvent, StepEvent
+from kubetune.api.progress import EvalEvent, PreferenceMetrics, StepEvent
 
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
@@ -71,6 +71,29 @@ def test_a_running_jobs_curves_are_exported_and_removed_when_it_finishes() -> No
     metrics.observe_phase(uid="u", namespace="team-a", name="run", phase="Succeeded")
     assert per_job_series(metrics) == []
     assert gauge(metrics, "Succeeded") == 1
+
+
+def test_a_dpo_jobs_reward_metrics_are_exported_and_removed_with_the_job() -> None:
+    metrics = OperatorMetrics()
+    metrics.observe_phase(uid="d", namespace="team-a", name="dpo", phase="Running")
+    train = PreferenceMetrics(reward_accuracy=0.75, reward_margin=0.3, chosen_reward=0.1, rejected_reward=-0.2)
+    held_out = PreferenceMetrics(reward_accuracy=0.5, reward_margin=0.1, chosen_reward=0.0, rejected_reward=-0.1)
+    events = [
+        step(2, loss=0.6).model_copy(update={"preference": train}),
+        EvalEvent(time=T0, step=2, eval_loss=0.65, perplexity=1.9, preference=held_out),
+    ]
+    metrics.observe_progress(namespace="team-a", name="dpo", events=events)
+    value = metrics.registry.get_sample_value
+    labels = {"namespace": "team-a", "name": "dpo"}
+    assert value("kubetune_finetunejob_reward_accuracy", labels) == 0.75
+    assert value("kubetune_finetunejob_reward_margin", labels) == 0.3
+    assert value("kubetune_finetunejob_eval_reward_accuracy", labels) == 0.5
+    assert value("kubetune_finetunejob_eval_reward_margin", labels) == 0.1
+    # An SFT job gets no reward series at all.
+    metrics.observe_progress(namespace="team-a", name="sft", events=[step(1, loss=1.0)])
+    assert value("kubetune_finetunejob_reward_accuracy", {"namespace": "team-a", "name": "sft"}) is None
+    metrics.observe_phase(uid="d", namespace="team-a", name="dpo", phase="Succeeded")
+    assert not [line for line in per_job_series(metrics) if 'name="dpo"' in line]
 
 
 def test_per_job_series_stay_bounded_by_the_live_jobs_over_many_jobs() -> None:

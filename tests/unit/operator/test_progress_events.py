@@ -12,6 +12,7 @@ from kubetune.api.progress import (
     CheckpointSavedEvent,
     EvalEvent,
     FinishedEvent,
+    PreferenceMetrics,
     ProgressEvent,
     StepEvent,
 )
@@ -126,3 +127,22 @@ def test_an_earlier_checkpoint_in_the_status_survives_an_operator_that_only_hear
 
 def test_durations_read_like_kubectl_ages() -> None:
     assert [human_duration(s) for s in (0, 59, 250, 3720, 90000)] == ["0s", "59s", "4m10s", "1h02m", "1d01h"]
+
+
+def test_dpo_reward_metrics_of_steps_and_evaluations_land_in_status_metrics() -> None:
+    train = PreferenceMetrics(reward_accuracy=0.75, reward_margin=0.3, chosen_reward=0.1, rejected_reward=-0.2)
+    held_out = PreferenceMetrics(reward_accuracy=0.625, reward_margin=0.2, chosen_reward=0.05, rejected_reward=-0.15)
+    events: list[ProgressEvent] = [
+        step(10, at=T0).model_copy(update={"preference": train}),
+        EvalEvent(time=T0, step=10, eval_loss=0.61, perplexity=1.84, preference=held_out),
+        step(11, at=T0 + timedelta(seconds=5)).model_copy(update={"preference": train}),
+    ]
+    reported = fold_events(events, progress=None, metrics=None, output=None)
+    assert reported.metrics is not None
+    assert reported.metrics.preference == train and reported.metrics.eval_preference == held_out
+    assert reported.metrics.eval_loss == 0.61
+    wire = reported.metrics.to_wire()
+    assert wire["evalPreference"]["rewardAccuracy"] == 0.625 and wire["preference"]["rewardMargin"] == 0.3
+    # An SFT job's metrics carry neither.
+    sft = fold_events([step(5, at=T0)], progress=None, metrics=None, output=None)
+    assert sft.metrics is not None and "preference" not in sft.metrics.to_wire()
