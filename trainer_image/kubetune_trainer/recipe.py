@@ -1,8 +1,16 @@
-"""The fine-tuning recipe: ``setup → train (evaluate, save_checkpoint) → write_output → cleanup``.
+"""The fine-tuning recipe, read top-down: config → data → plan → model → loop → checkpoint → output → report.
+
+``setup`` prepares the data (SFT examples or DPO pairs), resolves the hyperparameters from the examples'
+lengths (plain numbers in, no callbacks), builds the model, resumes from the newest checkpoint and, for
+DPO, fixes the reference log-probabilities. ``train`` runs the loop (evaluating and checkpointing on
+schedule), ``write_output`` stages the artifact with its evaluation report and publishes it, manifest last.
+What differs between SFT and DPO lives in :mod:`kubetune_trainer.objectives`; the checkpoint layout in
+:mod:`kubetune_trainer.checkpoint`.
 
 One optimizer step = ``gradient_accumulation_steps`` micro-batches on each of ``world_size`` ranks. The
-loss of a step is the summed cross-entropy of all its label tokens divided by their number across all
-micro-batches and ranks, so accumulation and data parallelism give the same gradient as one big batch.
+loss of a step is the summed loss of all its units (label tokens for SFT, pairs for DPO) divided by their
+number across all micro-batches and ranks, so accumulation and data parallelism give the same gradient as
+one big batch.
 """
 
 from __future__ import annotations
@@ -223,36 +231,6 @@ class FineTuneRecipe:
             )
         return SftObjective(self.data, packing=self.config.dataset.packing, pad_token_id=pad)
 
-    def _reference(self) -> None:
-        """DPO: the reference model's log-probabilities of every pair, from the checkpoint resumed from or
-        computed now (all ranks take part). The model has not trained yet unless a checkpoint was loaded."""
-        objective = self.objective
-        if not isinstance(objective, DpoObjective) or objective.reference_mode == "live":
-            return
-        if objective.reference:
-            return
-        if self.state.resumed_from is not None and self.config.method.type == "full":
-            raise ConfigError(
-                f"the checkpoint of step {self.state.resumed_from} has no reference log-probabilities, and after "
-                "full fine-tuning steps the model is no longer the reference; start the job again without it"
-            )
-        started = time.perf_counter()
-        with self.runtime.accelerator.autocast():
-            shares = objective.compute_reference(
-                self.model,
-                batch_size=self.hp.per_device_batch_size,
-                device=self.runtime.device,
-                rank=self.runtime.rank,
-                world_size=self.runtime.world_size,
-            )
-        objective.set_reference(self.runtime.sum_tensors(*shares))
-        log.info(
-            "reference log-probabilities of %d + %d pairs computed in %.1f s",
-            objective.size("train"),
-            objective.size("validation"),
-            time.perf_counter() - started,
-        )
-
     def _compare_with_check(self) -> None:
         """The data check planned for the data it read; data changed since then is worth a warning."""
         validated = self.config.validated
@@ -361,6 +339,36 @@ class FineTuneRecipe:
         self.state.resumed_from = saved.step
         self.state.last_checkpoint_step = saved.step
         log.info("resumed from %s (step %d, epoch %d)", restored.uri, saved.step, saved.epoch)
+
+    def _reference(self) -> None:
+        """DPO: the reference model's log-probabilities of every pair, from the checkpoint resumed from or
+        computed now (all ranks take part). The model has not trained yet unless a checkpoint was loaded."""
+        objective = self.objective
+        if not isinstance(objective, DpoObjective) or objective.reference_mode == "live":
+            return
+        if objective.reference:
+            return
+        if self.state.resumed_from is not None and self.config.method.type == "full":
+            raise ConfigError(
+                f"the checkpoint of step {self.state.resumed_from} has no reference log-probabilities, and after "
+                "full fine-tuning steps the model is no longer the reference; start the job again without it"
+            )
+        started = time.perf_counter()
+        with self.runtime.accelerator.autocast():
+            shares = objective.compute_reference(
+                self.model,
+                batch_size=self.hp.per_device_batch_size,
+                device=self.runtime.device,
+                rank=self.runtime.rank,
+                world_size=self.runtime.world_size,
+            )
+        objective.set_reference(self.runtime.sum_tensors(*shares))
+        log.info(
+            "reference log-probabilities of %d + %d pairs computed in %.1f s",
+            objective.size("train"),
+            objective.size("validation"),
+            time.perf_counter() - started,
+        )
 
     # -- training ---------------------------------------------------------------------------------
 
@@ -653,46 +661,6 @@ class FineTuneRecipe:
             manifest_sha256=result_sha,
         )
 
-    @torch.no_grad()
-    def _scores_before_training(self) -> ItemScores | None:
-        """The base model's per-example scores: from step 0's evaluation, or, after a resume, with the
-        adapters switched off (a resumed full fine-tune has no base model left to score)."""
-        if not self.objective.size("validation") or self.state.initial_scores is not None:
-            return self.state.initial_scores
-        if self.config.method.type == "full":
-            return None
-        with self.model.disable_adapter():
-            return self._validation_scores()
-
-    def _eval_report(self, before: ItemScores | None, samples: list[GenerationSample]) -> EvalReport:
-        """Per held-out example before and after, the worst ones answered by the trained model."""
-        after = self.state.eval_scores
-        assert after is not None
-        validation = self.objective.examples_for_prompts("validation")
-        scores = example_scores(
-            tokens=self.objective.lengths("validation"),
-            label_tokens=[round(u) for u in after.units],
-            loss_sums_after=after.loss_sums,
-            loss_sums_before=None if before is None else before.loss_sums,
-            margins_after=after.margins,
-            margins_before=None if before is None else before.margins,
-        )
-        count = self.options.report_worst
-        texts: dict[int, ExampleText] = {}
-        for index in worst_indices(scores, count):
-            prompts = sample_prompts([validation[index]], tokenizer=self.tokenizer, count=1)
-            if prompts:
-                answer = self._generate(prompts)[0]
-                texts[index] = ExampleText(prompt=prompts[0].prompt, reference=prompts[0].reference, answer=answer)
-        return build_eval_report(
-            objective=self.config.method.objective,
-            step=self.state.position.step,
-            scores=scores,
-            worst_count=count,
-            texts=texts,
-            generations=samples,
-        )
-
     def _write_artifact(self, before: ItemScores | None) -> tuple[str, bool]:
         staged = staging_dir(self.output, "output")
         after = self._generate() if self.prompts else []
@@ -748,6 +716,48 @@ class FineTuneRecipe:
         merged.save_pretrained(staged / "merged", safe_serialization=True)
         self.tokenizer.save_pretrained(staged / "merged")
         del merged
+
+    # -- report ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _scores_before_training(self) -> ItemScores | None:
+        """The base model's per-example scores: from step 0's evaluation, or, after a resume, with the
+        adapters switched off (a resumed full fine-tune has no base model left to score)."""
+        if not self.objective.size("validation") or self.state.initial_scores is not None:
+            return self.state.initial_scores
+        if self.config.method.type == "full":
+            return None
+        with self.model.disable_adapter():
+            return self._validation_scores()
+
+    def _eval_report(self, before: ItemScores | None, samples: list[GenerationSample]) -> EvalReport:
+        """Per held-out example before and after, the worst ones answered by the trained model."""
+        after = self.state.eval_scores
+        assert after is not None
+        validation = self.objective.examples_for_prompts("validation")
+        scores = example_scores(
+            tokens=self.objective.lengths("validation"),
+            label_tokens=[round(u) for u in after.units],
+            loss_sums_after=after.loss_sums,
+            loss_sums_before=None if before is None else before.loss_sums,
+            margins_after=after.margins,
+            margins_before=None if before is None else before.margins,
+        )
+        count = self.options.report_worst
+        texts: dict[int, ExampleText] = {}
+        for index in worst_indices(scores, count):
+            prompts = sample_prompts([validation[index]], tokenizer=self.tokenizer, count=1)
+            if prompts:
+                answer = self._generate(prompts)[0]
+                texts[index] = ExampleText(prompt=prompts[0].prompt, reference=prompts[0].reference, answer=answer)
+        return build_eval_report(
+            objective=self.config.method.objective,
+            step=self.state.position.step,
+            scores=scores,
+            worst_count=count,
+            texts=texts,
+            generations=samples,
+        )
 
     def cleanup(self) -> None:
         self._reporter.close()
