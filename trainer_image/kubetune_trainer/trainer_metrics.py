@@ -66,11 +66,25 @@ class MetricsReporter:
         self._tokens_per_second = gauge(
             "tokens_per_second", "Non-padding tokens per second over the latest optimizer step, all ranks."
         )
+        # DPO only (NaN for SFT): the reward metrics of the latest step and of the latest evaluation.
+        self._reward_accuracy = gauge("reward_accuracy", "DPO: fraction of the latest step's pairs ranked right.")
+        self._reward_margin = gauge("reward_margin", "DPO: mean chosen minus rejected reward, latest step.")
+        self._eval_reward_accuracy = gauge("eval_reward_accuracy", "DPO: reward accuracy of the latest evaluation.")
+        self._eval_reward_margin = gauge("eval_reward_margin", "DPO: reward margin of the latest evaluation.")
         self._trained_tokens = counter("trained_tokens", "Non-padding tokens trained on, all ranks.")
         self._checkpoints = counter("checkpoints", "Checkpoints written by this process.")
         self._evaluations = counter("evaluations", "Evaluations on the held-out data finished by this process.")
         # NaN until the first event that carries the value: 0 would read as a real loss or rate.
-        for unset in (self._loss, self._eval_loss, self._learning_rate, self._tokens_per_second):
+        for unset in (
+            self._loss,
+            self._eval_loss,
+            self._learning_rate,
+            self._tokens_per_second,
+            self._reward_accuracy,
+            self._reward_margin,
+            self._eval_reward_accuracy,
+            self._eval_reward_margin,
+        ):
             unset.set(math.nan)
 
     def emit(self, event: ProgressEvent) -> None:
@@ -85,8 +99,14 @@ class MetricsReporter:
             self._learning_rate.set(event.learning_rate)
             self._tokens_per_second.set(event.tokens_per_second)
             self._count_trained_tokens(event.trained_tokens)
+            if event.preference is not None:
+                self._reward_accuracy.set(event.preference.reward_accuracy)
+                self._reward_margin.set(event.preference.reward_margin)
         elif isinstance(event, EvalEvent):
             self._eval_loss.set(event.eval_loss)
+            if event.preference is not None:
+                self._eval_reward_accuracy.set(event.preference.reward_accuracy)
+                self._eval_reward_margin.set(event.preference.reward_margin)
             self._evaluations.inc()
         elif isinstance(event, CheckpointSavedEvent):
             self._checkpoints.inc()

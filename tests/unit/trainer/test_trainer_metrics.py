@@ -17,6 +17,7 @@ from kubetune.api.progress import (
     CheckpointSavedEvent,
     EvalEvent,
     FinishedEvent,
+    PreferenceMetrics,
     StartedEvent,
     StepEvent,
 )
@@ -78,6 +79,19 @@ def test_scraped_metrics_hold_the_latest_values_and_pass_promtool(served: tuple[
     assert samples["kubetune_trainer_evaluations_total"] == 2
     check = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_a_dpo_runs_reward_metrics_are_scraped_and_nan_for_sft(served: tuple[MetricsReporter, str]) -> None:
+    reporter, url = served
+    assert math.isnan(_samples(_scrape(url))["kubetune_trainer_reward_accuracy"])
+    rewards = PreferenceMetrics(reward_accuracy=0.75, reward_margin=0.5, chosen_reward=0.2, rejected_reward=-0.3)
+    reporter.emit(step(1, trained_tokens=100, loss=0.6).model_copy(update={"preference": rewards}))
+    held_out = rewards.model_copy(update={"reward_accuracy": 0.625, "reward_margin": 0.25})
+    reporter.emit(EvalEvent(step=1, eval_loss=0.65, perplexity=1.9, preference=held_out))
+    samples = _samples(_scrape(url))
+    assert (samples["kubetune_trainer_reward_accuracy"], samples["kubetune_trainer_reward_margin"]) == (0.75, 0.5)
+    assert samples["kubetune_trainer_eval_reward_accuracy"] == 0.625
+    assert samples["kubetune_trainer_eval_reward_margin"] == 0.25
 
 
 def test_trained_tokens_total_follows_the_cumulative_count_and_values_are_nan_until_set(
