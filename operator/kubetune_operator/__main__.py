@@ -14,7 +14,7 @@ import kopf
 from kubernetes import client, config
 from prometheus_client import start_http_server
 
-from kubetune_operator import k8s
+from kubetune_operator import k8s, namespace_discovery
 from kubetune_operator.errors import ApiError
 from kubetune_operator.handlers import register
 from kubetune_operator.metrics import OperatorMetrics
@@ -98,6 +98,8 @@ def main() -> int:
         start_http_server(settings.metrics_port, registry=metrics.registry)
     registry = kopf.OperatorRegistry()
     register(registry=registry, settings=settings, kube=kube, metrics=metrics, identity=identity)
+    # kopf alone misses a namespace that matches settings.namespaces and is created as it starts.
+    namespace_discovery.install()
     kopf.run(
         registry=registry,
         identity=operator_identity(),  # type: ignore[arg-type]  # kopf.Identity, a NewType of str, is not exported
