@@ -19,8 +19,8 @@ from torch import nn
 from kubetune.api.progress import PreferenceMetrics
 from kubetune.api.spec import Objective as ObjectiveName
 from kubetune_trainer.data import PreparedData, TokenizedExample, collate
-from kubetune_trainer.data.preference import TokenizedPair, collate_pairs
-from kubetune_trainer.data.types import PreparedPairs
+from kubetune_trainer.data.preference import collate_pairs
+from kubetune_trainer.data.types import PreparedPairs, TokenizedPair
 from kubetune_trainer.dpo import PreferenceLoss, PreferenceStats, dpo_terms, reference_logps, sequence_logps
 from kubetune_trainer.loss import LabelTokenLoss, label_token_count, per_example_losses
 

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import torch
 from kubetune_trainer.data import Message
-from kubetune_trainer.data.preference import PreferencePair, TokenizedPair, collate_pairs, tokenize_pair
+from kubetune_trainer.data.preference import PreferencePair, collate_pairs, tokenize_pair
+from kubetune_trainer.data.types import TokenizedPair
 from kubetune_trainer.dpo import (
     STATS_FIELDS,
     PreferenceLoss,

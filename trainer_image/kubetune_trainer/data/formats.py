@@ -152,7 +152,7 @@ class Rejected:
     blanks: list[DataIssue]
 
 
-class _Problems(list[DataIssue]):
+class Problems(list[DataIssue]):
     """Errors found in a record (the list itself) and blank-content findings (``blanks``)."""
 
     def __init__(self) -> None:
@@ -168,14 +168,14 @@ def parse_record(value: object, *, source: str, schema: Schema) -> Example | Rej
     """One record in canonical form, or every problem found in it."""
     if not isinstance(value, dict):
         return Rejected(errors=[DataIssue(source, "", f"expected a JSON object, got {json_type(value)}")], blanks=[])
-    problems = _Problems()
+    problems = Problems()
     example = _PARSERS[schema.format](value, schema.columns, source, problems)
     if example is None or problems.failed:
         return Rejected(errors=list(problems), blanks=problems.blanks)
     return example
 
 
-def _nonempty_list(record: dict[str, object], field: str, what: str, src: str, out: _Problems) -> list[object] | None:
+def _nonempty_list(record: dict[str, object], field: str, what: str, src: str, out: Problems) -> list[object] | None:
     """The record's ``field`` as a non-empty list (a JSON-encoded string counts), or ``None`` with an issue."""
     raw = _present(record, field, src, out)
     if raw is None:
@@ -187,7 +187,7 @@ def _nonempty_list(record: dict[str, object], field: str, what: str, src: str, o
     return raw
 
 
-def _parse_messages(record: dict[str, object], cols: dict[str, str], src: str, out: _Problems) -> Example | None:
+def _parse_messages(record: dict[str, object], cols: dict[str, str], src: str, out: Problems) -> Example | None:
     field = cols["messages"]
     raw = _nonempty_list(record, field, "messages", src, out)
     if raw is None:
@@ -203,7 +203,7 @@ def _parse_messages(record: dict[str, object], cols: dict[str, str], src: str, o
             allowed = ", ".join(ROLES)
             got = "missing" if role is None else repr(role)
             out.append(DataIssue(src, f"{where}.role", f"role is {got}; expected one of {allowed}"))
-        content = _content(item.get("content"), f"{where}.content", src, out, present="content" in item)
+        content = message_content(item.get("content"), f"{where}.content", src, out, present="content" in item)
         if role in ROLES and content is not None:
             messages.append(Message(role=role, content=content))
     if out.failed:
@@ -211,7 +211,7 @@ def _parse_messages(record: dict[str, object], cols: dict[str, str], src: str, o
     return _conversation(messages, field, src, out)
 
 
-def _parse_sharegpt(record: dict[str, object], cols: dict[str, str], src: str, out: _Problems) -> Example | None:
+def _parse_sharegpt(record: dict[str, object], cols: dict[str, str], src: str, out: Problems) -> Example | None:
     field = cols["conversations"]
     raw = _nonempty_list(record, field, "turns", src, out)
     if raw is None:
@@ -228,7 +228,7 @@ def _parse_sharegpt(record: dict[str, object], cols: dict[str, str], src: str, o
             allowed = ", ".join(SHAREGPT_ROLES)
             got = "missing" if speaker is None else repr(speaker)
             out.append(DataIssue(src, f"{where}.from", f"speaker is {got}; expected one of {allowed}"))
-        content = _content(item.get("value"), f"{where}.value", src, out, present="value" in item)
+        content = message_content(item.get("value"), f"{where}.value", src, out, present="value" in item)
         if role is not None and content is not None:
             messages.append(Message(role=role, content=content))
     if out.failed:
@@ -237,7 +237,7 @@ def _parse_sharegpt(record: dict[str, object], cols: dict[str, str], src: str, o
 
 
 def _parse_prompt_completion(
-    record: dict[str, object], cols: dict[str, str], src: str, out: _Problems
+    record: dict[str, object], cols: dict[str, str], src: str, out: Problems
 ) -> Example | None:
     messages = _system_message(record, cols, src, out)
     prompt = _string(record, cols["prompt"], src, out)
@@ -248,10 +248,10 @@ def _parse_prompt_completion(
     return Example(messages=tuple(messages), text=None, source=src)
 
 
-def _parse_alpaca(record: dict[str, object], cols: dict[str, str], src: str, out: _Problems) -> Example | None:
+def _parse_alpaca(record: dict[str, object], cols: dict[str, str], src: str, out: Problems) -> Example | None:
     messages = _system_message(record, cols, src, out)
     instruction = _string(record, cols["instruction"], src, out)
-    extra = _optional_string(record, cols.get("input"), src, out)
+    extra = optional_string(record, cols.get("input"), src, out)
     output = _string(record, cols["output"], src, out)
     if out or instruction is None or output is None:
         return None
@@ -261,7 +261,7 @@ def _parse_alpaca(record: dict[str, object], cols: dict[str, str], src: str, out
     return Example(messages=tuple(messages), text=None, source=src)
 
 
-def _parse_text(record: dict[str, object], cols: dict[str, str], src: str, out: _Problems) -> Example | None:
+def _parse_text(record: dict[str, object], cols: dict[str, str], src: str, out: Problems) -> Example | None:
     text = _string(record, cols["text"], src, out)
     return None if text is None else Example(messages=None, text=text, source=src)
 
@@ -275,7 +275,7 @@ _PARSERS = {
 }
 
 
-def _conversation(messages: list[Message], field: str, src: str, out: _Problems) -> Example | None:
+def _conversation(messages: list[Message], field: str, src: str, out: Problems) -> Example | None:
     """Structural rules every chat template relies on."""
     for index, message in enumerate(messages):
         if message.role == "system" and index != 0:
@@ -290,7 +290,7 @@ def _conversation(messages: list[Message], field: str, src: str, out: _Problems)
     return None if out else Example(messages=tuple(messages), text=None, source=src)
 
 
-def _present(record: dict[str, object], field: str, src: str, out: _Problems) -> object | None:
+def _present(record: dict[str, object], field: str, src: str, out: Problems) -> object | None:
     if field not in record:
         keys = ", ".join(repr(k) for k in sorted(record)) or "none"
         out.append(DataIssue(src, field, f"missing key {field!r} (keys: {keys})"))
@@ -298,27 +298,27 @@ def _present(record: dict[str, object], field: str, src: str, out: _Problems) ->
     return record[field]
 
 
-def _string(record: dict[str, object], field: str, src: str, out: _Problems) -> str | None:
+def _string(record: dict[str, object], field: str, src: str, out: Problems) -> str | None:
     if field not in record:
         _present(record, field, src, out)
         return None
-    return _content(record[field], field, src, out, present=True, allow_parts=False)
+    return message_content(record[field], field, src, out, present=True, allow_parts=False)
 
 
-def _optional_string(record: dict[str, object], field: str | None, src: str, out: _Problems) -> str | None:
+def optional_string(record: dict[str, object], field: str | None, src: str, out: Problems) -> str | None:
     """An optional column: absent, null or "" (CSV's empty cell) all mean "not given"."""
     if field is None or record.get(field) in (None, ""):
         return None
-    return _content(record[field], field, src, out, present=True, allow_parts=False)
+    return message_content(record[field], field, src, out, present=True, allow_parts=False)
 
 
-def _system_message(record: dict[str, object], cols: dict[str, str], src: str, out: _Problems) -> list[Message]:
-    system = _optional_string(record, cols.get("system"), src, out)
+def _system_message(record: dict[str, object], cols: dict[str, str], src: str, out: Problems) -> list[Message]:
+    system = optional_string(record, cols.get("system"), src, out)
     return [Message(role="system", content=system)] if system else []
 
 
-def _content(
-    value: object, where: str, src: str, out: _Problems, *, present: bool, allow_parts: bool = True
+def message_content(
+    value: object, where: str, src: str, out: Problems, *, present: bool, allow_parts: bool = True
 ) -> str | None:
     """A non-blank string. Chat content may also be OpenAI's list of {"type": "text", "text"} parts."""
     if not present:

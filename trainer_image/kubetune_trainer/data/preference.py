@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Literal, get_args
 import torch
 
 from kubetune.api.spec import FieldMapping
-from kubetune_trainer.data.formats import DetectionError, Rejected, _content, _optional_string, _Problems
+from kubetune_trainer.data.formats import DetectionError, Problems, Rejected, message_content, optional_string
 from kubetune_trainer.data.packing import collate
 from kubetune_trainer.data.sources import json_type
-from kubetune_trainer.data.tokenize import _chat_segments, _eos, _TemplateRejected, _tokenize_segments
+from kubetune_trainer.data.tokenize import TemplateRejected, chat_segments, eos_token, tokenize_segments
 from kubetune_trainer.data.types import (
     IGNORE_INDEX,
     ROLES,
@@ -35,6 +35,7 @@ from kubetune_trainer.data.types import (
     DataIssue,
     Message,
     TokenizedExample,
+    TokenizedPair,
 )
 
 if TYPE_CHECKING:  # importing transformers takes seconds; the data layer only needs the type
@@ -80,21 +81,6 @@ class PreferenceSchema:
         """E.g. "prompt_chosen_rejected (prompt='question', chosen='chosen', rejected='rejected'), auto-detected"."""
         renamed = ", ".join(f"{field}={column!r}" for field, column in self.columns.items())
         return f"{self.format} ({renamed}), auto-detected"
-
-
-@dataclass(frozen=True, kw_only=True)
-class TokenizedPair:
-    """Both answers tokenized after the same prompt tokens; labels are IGNORE_INDEX on the prompt."""
-
-    chosen: TokenizedExample
-    rejected: TokenizedExample
-    # Whether an answer was cut to max_seq_length (a warning: the pair still trains).
-    truncated: bool
-
-    @property
-    def length(self) -> int:
-        """Tokens of the longer sequence: what the pair's row takes in a batch."""
-        return max(len(self.chosen.input_ids), len(self.rejected.input_ids))
 
 
 def looks_like_preference(sample: Mapping[str, object], *, mapping: FieldMapping | None) -> bool:
@@ -145,15 +131,15 @@ def parse_preference_record(value: object, *, source: str, schema: PreferenceSch
     """
     if not isinstance(value, dict):
         return Rejected(errors=[DataIssue(source, "", f"expected a JSON object, got {json_type(value)}")], blanks=[])
-    out = _Problems()
+    out = Problems()
     pair = _parse_pair(value, schema.columns, source, out)
     if pair is None or out.failed:
         return Rejected(errors=list(out), blanks=out.blanks)
     return pair
 
 
-def _parse_pair(record: dict[str, object], cols: dict[str, str], src: str, out: _Problems) -> PreferencePair | None:
-    system = _optional_string(record, cols.get("system"), src, out)
+def _parse_pair(record: dict[str, object], cols: dict[str, str], src: str, out: Problems) -> PreferencePair | None:
+    system = optional_string(record, cols.get("system"), src, out)
     prompt_col = cols.get("prompt")
     prompt = _prompt(record, prompt_col, src, out) if prompt_col is not None else []
     chosen = _answer(record, cols["chosen"], src, out)
@@ -183,7 +169,7 @@ def _parse_pair(record: dict[str, object], cols: dict[str, str], src: str, out: 
     return PreferencePair(prompt=tuple(prompt), chosen=tuple(chosen), rejected=tuple(rejected), source=src)
 
 
-def _prompt(record: dict[str, object], field: str, src: str, out: _Problems) -> list[Message] | None:
+def _prompt(record: dict[str, object], field: str, src: str, out: Problems) -> list[Message] | None:
     """A string (one user message), a list of messages, or OpenAI's ``{"messages": [...]}`` object (its other
     keys, such as ``tools``, are not read: SFT records' are not either)."""
     if field not in record:
@@ -199,14 +185,14 @@ def _prompt(record: dict[str, object], field: str, src: str, out: _Problems) -> 
     if isinstance(value, list):
         return _messages(value, field, src, out)
     if isinstance(value, str):
-        text = _content(value, field, src, out, present=True, allow_parts=False)
+        text = message_content(value, field, src, out, present=True, allow_parts=False)
         return None if text is None else [Message(role="user", content=text)]
     expected = 'a string, an array of messages or an object with "messages"'
     out.append(DataIssue(src, field, f"expected {expected}, got {json_type(value)}"))
     return None
 
 
-def _answer(record: dict[str, object], field: str, src: str, out: _Problems) -> list[Message] | None:
+def _answer(record: dict[str, object], field: str, src: str, out: Problems) -> list[Message] | None:
     """A string (one assistant message), a list of messages, or a single message object."""
     if field not in record:
         keys = ", ".join(repr(k) for k in sorted(record)) or "none"
@@ -218,13 +204,13 @@ def _answer(record: dict[str, object], field: str, src: str, out: _Problems) -> 
     if isinstance(value, list):
         return _messages(value, field, src, out)
     if isinstance(value, str):
-        text = _content(value, field, src, out, present=True, allow_parts=False)
+        text = message_content(value, field, src, out, present=True, allow_parts=False)
         return None if text is None else [Message(role="assistant", content=text)]
     out.append(DataIssue(src, field, f"expected a string or an array of messages, got {json_type(value)}"))
     return None
 
 
-def _messages(raw: object, field: str, src: str, out: _Problems) -> list[Message] | None:
+def _messages(raw: object, field: str, src: str, out: Problems) -> list[Message] | None:
     if not isinstance(raw, list) or not raw:
         out.append(DataIssue(src, field, f"expected a non-empty array of messages, got {json_type(raw)}"))
         return None
@@ -238,7 +224,7 @@ def _messages(raw: object, field: str, src: str, out: _Problems) -> list[Message
         if role not in ROLES:
             got = "missing" if role is None else repr(role)
             out.append(DataIssue(src, f"{where}.role", f"role is {got}; expected one of {', '.join(ROLES)}"))
-        content = _content(item.get("content"), f"{where}.content", src, out, present="content" in item)
+        content = message_content(item.get("content"), f"{where}.content", src, out, present="content" in item)
         if role in ROLES and content is not None:
             messages.append(Message(role=role, content=content))
     # Every item either became a message or was reported.
@@ -263,7 +249,7 @@ def _repeats(answer: list[Message], prompt: list[Message]) -> bool:
 
 
 def _shared_prompt(
-    chosen: list[Message], rejected: list[Message], cols: dict[str, str], src: str, out: _Problems
+    chosen: list[Message], rejected: list[Message], cols: dict[str, str], src: str, out: Problems
 ) -> tuple[list[Message], list[Message], list[Message]] | None:
     """Without a prompt column: the prompt is the messages both answers start with, up to the last non-assistant
     one; what follows in each is its answer."""
@@ -282,7 +268,7 @@ def _shared_prompt(
     return chosen[:shared], chosen[shared:], rejected[shared:]
 
 
-def _check_prompt(prompt: list[Message], field: str, src: str, out: _Problems) -> None:
+def _check_prompt(prompt: list[Message], field: str, src: str, out: Problems) -> None:
     """The rules every chat template relies on, and a prompt the answers reply to."""
     if any(m.role == "system" for m in prompt[1:]):
         out.append(DataIssue(src, field, "a system message may only come first"))
@@ -296,7 +282,7 @@ def _check_prompt(prompt: list[Message], field: str, src: str, out: _Problems) -
         out.append(DataIssue(src, field, message))
 
 
-def _check_answer(answer: list[Message], field: str, offset: int, src: str, out: _Problems) -> None:
+def _check_answer(answer: list[Message], field: str, offset: int, src: str, out: Problems) -> None:
     """``offset``: the record's index of the answer's first message."""
     if not answer:
         out.append(DataIssue(src, field, "no answer: the messages only repeat the prompt"))
@@ -317,7 +303,7 @@ def tokenize_pair(
     :class:`DataConfigError` when the tokenizer has no chat template or EOS token, or its template is not
     prefix-stable.
     """
-    eos_id, eos_text = _eos(tokenizer)
+    eos_id, eos_text = eos_token(tokenizer)
     if not getattr(tokenizer, "chat_template", None):
         raise DataConfigError(
             "the tokenizer has no chat template, but preference data is in a chat format; use an instruct "
@@ -326,17 +312,17 @@ def tokenize_pair(
     in_prompt = sum(m.role == "assistant" for m in pair.prompt)
     try:
         segmented = [
-            _chat_segments([*pair.prompt, *answer], tokenizer=tokenizer, eos_text=eos_text)
+            chat_segments([*pair.prompt, *answer], tokenizer=tokenizer, eos_text=eos_text)
             for answer in (pair.chosen, pair.rejected)
         ]
-    except _TemplateRejected as err:
+    except TemplateRejected as err:
         return DataIssue(pair.source, "", f"the model's chat template rejects this conversation: {err}")
     # Segments alternate untrained, trained per assistant turn: the prompt's own turns get no loss.
     for segments in segmented:
         for index in range(1, 2 * in_prompt, 2):
             segments[index] = replace(segments[index], trained=False)
     sides: list[tuple[list[int], list[int]]] = []
-    for ids, labels in _tokenize_segments(segmented, tokenizer=tokenizer):
+    for ids, labels in tokenize_segments(segmented, tokenizer=tokenizer):
         if not any(label != IGNORE_INDEX for label in labels):
             return DataIssue(pair.source, "", "no token carries a label: the chat template renders no answer text")
         if ids[-1] != eos_id or labels[-1] == IGNORE_INDEX:

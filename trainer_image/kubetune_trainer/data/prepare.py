@@ -24,7 +24,6 @@ from kubetune.api.uris import PVC_MOUNT_ROOT
 from kubetune_trainer.data.formats import DetectionError, Rejected, detect_schema, parse_record
 from kubetune_trainer.data.preference import (
     PreferencePair,
-    TokenizedPair,
     detect_preference_schema,
     parse_preference_record,
     tokenize_pair,
@@ -49,6 +48,7 @@ from kubetune_trainer.data.types import (
     PreparedData,
     PreparedPairs,
     TokenizedExample,
+    TokenizedPair,
 )
 
 if TYPE_CHECKING:

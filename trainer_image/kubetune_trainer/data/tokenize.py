@@ -40,7 +40,7 @@ class TokenizeOutcome:
     truncated: int
 
 
-class _TemplateRejected(Exception):
+class TemplateRejected(Exception):
     """The chat template raised on a conversation (a data problem: it is reported per example)."""
 
 
@@ -54,7 +54,7 @@ def tokenize_examples(
     examples: Sequence[Example], *, tokenizer: PreTrainedTokenizerBase, max_seq_length: int
 ) -> TokenizeOutcome:
     """Tokenize every example; raise :class:`DataConfigError` when the tokenizer cannot format them."""
-    eos_id, eos_text = _eos(tokenizer)
+    eos_id, eos_text = eos_token(tokenizer)
     if any(e.messages is not None for e in examples) and not getattr(tokenizer, "chat_template", None):
         raise DataConfigError(
             "the tokenizer has no chat template, but the dataset is in a chat format (messages, "
@@ -66,14 +66,14 @@ def tokenize_examples(
     for index, example in enumerate(examples):
         try:
             if example.messages is not None:
-                segmented.append(_chat_segments(example.messages, tokenizer=tokenizer, eos_text=eos_text))
+                segmented.append(chat_segments(example.messages, tokenizer=tokenizer, eos_text=eos_text))
             else:
                 segmented.append([])
-        except _TemplateRejected as err:
+        except TemplateRejected as err:
             issues.append(DataIssue(example.source, "", f"the model's chat template rejects this conversation: {err}"))
             segmented.append([])
             rejected.add(index)
-    chat_ids = _tokenize_segments(segmented, tokenizer=tokenizer)
+    chat_ids = tokenize_segments(segmented, tokenizer=tokenizer)
     text_positions = [i for i, e in enumerate(examples) if e.text is not None]
     text_ids = _encode([examples[i].text or "" for i in text_positions], tokenizer, special=True)
     results: list[TokenizedExample | None] = []
@@ -102,7 +102,7 @@ def tokenize_examples(
     return TokenizeOutcome(examples=results, issues=issues, truncated=truncated)
 
 
-def _eos(tokenizer: PreTrainedTokenizerBase) -> tuple[int, str]:
+def eos_token(tokenizer: PreTrainedTokenizerBase) -> tuple[int, str]:
     eos_id = tokenizer.eos_token_id
     eos_text = tokenizer.eos_token
     if not isinstance(eos_id, int) or not isinstance(eos_text, str) or not eos_text:
@@ -135,13 +135,13 @@ def _render(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], *, 
     try:
         text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=generation)
     except Exception as err:  # templates raise their own errors, e.g. "roles must alternate user/assistant"
-        raise _TemplateRejected(str(err)) from err
+        raise TemplateRejected(str(err)) from err
     if not isinstance(text, str):
         raise DataConfigError(f"the chat template rendered {type(text).__name__}, not text")
     return text
 
 
-def _chat_segments(messages: Sequence[Message], *, tokenizer: PreTrainedTokenizerBase, eos_text: str) -> list[_Segment]:
+def chat_segments(messages: Sequence[Message], *, tokenizer: PreTrainedTokenizerBase, eos_text: str) -> list[_Segment]:
     """The conversation's text cut into untrained / trained pieces; nothing after the last assistant turn."""
     full = _render(tokenizer, messages, generation=False)
     segments: list[_Segment] = []
@@ -167,7 +167,7 @@ def _chat_segments(messages: Sequence[Message], *, tokenizer: PreTrainedTokenize
     return segments
 
 
-def _tokenize_segments(
+def tokenize_segments(
     segmented: list[list[_Segment]], *, tokenizer: PreTrainedTokenizerBase
 ) -> list[tuple[list[int], list[int]]]:
     flat = [segment.text for segments in segmented for segment in segments]

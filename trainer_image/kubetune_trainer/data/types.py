@@ -7,12 +7,9 @@ These names are the contract between the data layer and the training loop; every
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 from kubetune.api.exit_codes import ExitCode
-
-if TYPE_CHECKING:
-    from kubetune_trainer.data.preference import TokenizedPair
 
 Role = Literal["system", "user", "assistant"]
 ROLES: tuple[Role, ...] = ("system", "user", "assistant")
@@ -152,6 +149,21 @@ class PreparedData:
     report: DataReport
     # sha256 over the training files' stored bytes, in reading order (for the output manifest).
     dataset_sha256: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenizedPair:
+    """Both answers tokenized after the same prompt tokens; labels are IGNORE_INDEX on the prompt."""
+
+    chosen: TokenizedExample
+    rejected: TokenizedExample
+    # Whether an answer was cut to max_seq_length (a warning: the pair still trains).
+    truncated: bool
+
+    @property
+    def length(self) -> int:
+        """Tokens of the longer sequence: what the pair's row takes in a batch."""
+        return max(len(self.chosen.input_ids), len(self.rejected.input_ids))
 
 
 @dataclass(frozen=True, kw_only=True)

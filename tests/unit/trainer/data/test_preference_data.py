@@ -14,7 +14,6 @@ from kubetune_trainer.data import IGNORE_INDEX, DataConfigError, DataIssue, Exam
 from kubetune_trainer.data.formats import DetectionError, Rejected
 from kubetune_trainer.data.preference import (
     PreferencePair,
-    TokenizedPair,
     collate_pairs,
     detect_preference_schema,
     looks_like_preference,
@@ -23,6 +22,7 @@ from kubetune_trainer.data.preference import (
 )
 from kubetune_trainer.data.sources import read_file_bytes, read_records, resolve_data_files
 from kubetune_trainer.data.tokenize import tokenize_examples
+from kubetune_trainer.data.types import TokenizedPair
 from tiny_chat_tokenizer import build_tiny_tokenizer
 
 from kubetune.api.spec import FieldMapping

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -10,11 +9,13 @@ from typing import Any
 
 
 def preference_pairs(lamini: Path, out: Path, *, count: int, openai_format: bool = False) -> Path:
-    """Pairs derived from lamini_docs: chosen = the question's answer, rejected = the next question's."""
+    """``count`` pairs derived from lamini_docs' first records: chosen = the question's answer, rejected =
+    the answer of the question ``count // 2`` records on (another question, usually on another topic)."""
     records = [json.loads(line) for line in lamini.read_text(encoding="utf-8").splitlines() if line.strip()]
-    records = [r for r in records if r["answer"].strip()][: count + 1]
+    records = [r for r in records if r["answer"].strip()][:count]
+    others = records[count // 2 :] + records[: count // 2]
     lines = []
-    for this, other in itertools.pairwise(records):
+    for this, other in zip(records, others, strict=True):
         if openai_format:
             lines.append(
                 {
