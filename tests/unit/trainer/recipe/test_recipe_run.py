@@ -280,3 +280,54 @@ def test_perplexity_is_reported_as_exp_of_eval_loss(
         assert event.perplexity == pytest.approx(math.exp(event.eval_loss))
     # A random model is close to uniform over the 49k vocabulary: ln(49152) = 10.8.
     assert _events(events, "eval")[0].eval_loss == pytest.approx(math.log(49152), abs=0.3)
+
+
+def test_the_eval_report_scores_every_held_out_example_before_and_after_even_after_a_resume(
+    tiny_model_dir: Path,
+    lamini_subset: Callable[[int], Path],
+    tmp_path: Path,
+    run_in_process: Runner,
+    config_factory: Callable[..., dict[str, Any]],
+) -> None:
+    out = tmp_path / "out"
+    config = config_factory(
+        model_dir=tiny_model_dir,
+        data=lamini_subset(40),
+        output=out,
+        dataset={"validationSplit": 0.25},
+        hyperparameters={"maxSteps": 3, "learningRate": 5e-3},
+        checkpointing={"everySteps": 2},
+    )
+    code, events = run_in_process(config, samples=1)
+    assert code == ExitCode.OK
+    evals = _events(events, "eval")
+    report = json.loads((out / "eval-report.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (
+        manifest["files"]["eval-report.json"]["sha256"]
+        == hashlib.sha256((out / "eval-report.json").read_bytes()).hexdigest()
+    )
+    assert "eval-report.md" in manifest["files"]
+    assert report["objective"] == "sft" and report["step"] == 3 and report["exampleCount"] == 10
+    # The per-example losses add up to the eval losses the run reported (both weigh answer tokens).
+    weights = [e["labelTokens"] for e in report["examples"]]
+    after = sum(e["lossAfter"] * w for e, w in zip(report["examples"], weights, strict=True)) / sum(weights)
+    before = sum(e["lossBefore"] * w for e, w in zip(report["examples"], weights, strict=True)) / sum(weights)
+    assert after == pytest.approx(evals[-1].eval_loss, rel=1e-4)
+    assert before == pytest.approx(evals[0].eval_loss, rel=1e-4)
+    assert report["improved"] + report["worsened"] <= 10
+    assert len(report["worst"]) == 5 and all(w["prompt"] and w["answer"] is not None for w in report["worst"])
+    assert sum(b["examples"] for b in report["buckets"]) == 10
+    assert len(report["generations"]) == 1
+    markdown = (out / "eval-report.md").read_text()
+    assert report["worst"][0]["reference"][:20] in markdown
+
+    # A longer run of the same job resumes from step 3's checkpoint: the base model is scored with the adapters off,
+    # so "before" is still there although step 0's evaluation did not run in this process.
+    config["hyperparameters"]["maxSteps"] = 4
+    code, events = run_in_process(config, samples=0)
+    assert code == ExitCode.OK and _events(events, "started")[0].resumed_from_step == 3
+    resumed = json.loads((out / "eval-report.json").read_text())
+    assert [e["lossBefore"] for e in resumed["examples"]] == pytest.approx(
+        [e["lossBefore"] for e in report["examples"]], rel=1e-4
+    )
