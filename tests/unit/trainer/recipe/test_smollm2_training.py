@@ -130,22 +130,22 @@ def test_dpo_with_lora_on_lamini_pairs_lifts_held_out_reward_accuracy(
     config_factory: Callable[..., dict[str, Any]],
 ) -> None:
     out = tmp_path / "out"
-    # Chosen: the question's own answer; rejected: the next question's. 96 train / 24 held-out pairs.
-    data = preference_pairs(lamini_path, tmp_path / "pairs.jsonl", count=120)
+    # Chosen: the question's own answer; rejected: another question's. 58 train / 14 held-out pairs.
+    data = preference_pairs(lamini_path, tmp_path / "pairs.jsonl", count=72)
     config = dpo_config(
         config_factory,
         model_dir=smollm2_dir,
         gguf_file=GGUF,
         data=data,
         output=out,
-        dataset={"validationSplit": 0.2, "maxSeqLength": 192},
+        dataset={"validationSplit": 0.2, "maxSeqLength": 96},
         method={"rank": 16, "alpha": 32},
         hyperparameters={
-            "maxSteps": 24,
+            "maxSteps": 14,
             "perDeviceBatchSize": 4,
             "learningRate": 5e-4,
-            "warmupSteps": 2,
-            "evalEverySteps": 12,
+            "warmupSteps": 1,
+            "evalEverySteps": 7,
         },
         checkpointing={"everySteps": 100},
     )
@@ -153,12 +153,14 @@ def test_dpo_with_lora_on_lamini_pairs_lifts_held_out_reward_accuracy(
 
     assert code == ExitCode.OK
     evals = [e for e in events if e.event == "eval"]
-    assert [e.step for e in evals] == [0, 12, 24]
+    assert [e.step for e in evals] == [0, 7, 14]
     accuracy = [e.preference.reward_accuracy for e in evals if e.preference is not None]
     margins = [e.preference.reward_margin for e in evals if e.preference is not None]
     # Step 0: the policy is the reference, so every margin is 0 and no pair counts as ranked right.
     assert accuracy[0] == 0.0 and margins[0] == pytest.approx(0.0, abs=1e-4)
-    assert accuracy[-1] >= 0.75, f"held-out reward accuracy {accuracy}"
-    assert margins[-1] > 0.1 and evals[-1].eval_loss < evals[0].eval_loss - 0.1
+    # Measured: 0 -> 0.71 -> 0.79 held-out reward accuracy, margin 0 -> 0.39 -> 0.55, loss 0.693 -> 0.527.
+    assert accuracy[1] > 0.5 and accuracy[2] >= 0.7, f"held-out reward accuracy {accuracy}"
+    assert margins[2] > margins[1] > 0.2
+    assert evals[2].eval_loss < evals[0].eval_loss - 0.1
     report = json.loads((out / "eval-report.json").read_text())
     assert report["objective"] == "dpo" and report["improved"] > report["worsened"]
