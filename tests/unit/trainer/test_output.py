@@ -29,6 +29,9 @@ def _staged(tmp_path: Path) -> Path:
     (staged / "adapter").mkdir(parents=True)
     (staged / "adapter" / "adapter_model.safetensors").write_bytes(b"weights")
     (staged / "generations.json").write_text("[]")
+    # The reports are written into staging like every other file (so they reach an object store too).
+    for name in ("data-report.json", "eval-report.json", "eval-report.md"):
+        (staged / name).write_text("{}")
     return staged
 
 
@@ -58,6 +61,7 @@ def test_local_publish_replaces_old_files_and_hashes_match(tmp_path: Path) -> No
     sha = publish_output(staged, resolve_location(config.output.destination, field="f"), manifest=manifest)  # type: ignore[arg-type]
 
     assert not (dest / "adapter" / "stale.bin").exists()
+    assert (dest / "data-report.json").is_file() and (dest / "eval-report.md").is_file()
     data = (dest / MANIFEST).read_bytes()
     assert hashlib.sha256(data).hexdigest() == sha
     written = json.loads(data)
@@ -88,6 +92,12 @@ def test_remote_publish_writes_the_manifest_after_every_file(tmp_path: Path) -> 
     finally:
         fs.put_file, fs.open = put_file, open_file  # type: ignore[method-assign]
     assert order[-1] == f"/bucket/out/{MANIFEST}" and order.count(order[-1]) == 1
-    assert set(order[:-1]) == {"/bucket/out/adapter/adapter_model.safetensors", "/bucket/out/generations.json"}
+    assert set(order[:-1]) == {
+        "/bucket/out/adapter/adapter_model.safetensors",
+        "/bucket/out/generations.json",
+        "/bucket/out/data-report.json",
+        "/bucket/out/eval-report.json",
+        "/bucket/out/eval-report.md",
+    }
     assert json.loads(fs.cat_file(f"/bucket/out/{MANIFEST}"))["steps"] == 3
     fs.rm("/bucket", recursive=True)
