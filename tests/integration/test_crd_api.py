@@ -57,7 +57,14 @@ def test_kubectl_explain_shows_the_model_descriptions(cluster: Cluster, crd: dic
 def test_server_applies_schema_defaults_to_nested_groups(admin: Kube, crd: dict[str, Any], namespace: str) -> None:
     created = _create(admin, namespace, _job("defaults"))
     spec = created["spec"]
-    assert spec["method"] == {"type": "lora", "rank": 16, "alpha": 32, "dropout": 0.05, "targetModules": ["all-linear"]}
+    assert spec["method"] == {
+        "type": "lora",
+        "rank": 16,
+        "alpha": 32,
+        "dropout": 0.05,
+        "targetModules": ["all-linear"],
+        "objective": "sft",
+    }
     assert spec["runPolicy"]["backoffLimit"] == 3 and spec["runPolicy"]["suspend"] is False
     assert spec["resources"]["gpusPerNode"] == 1 and spec["resources"]["nodes"] == 1
     assert "quantization" not in spec["method"]
