@@ -235,7 +235,9 @@ class DpoSpec(ApiModel):
     label_smoothing: float = Field(
         default=0.0,
         ge=0,
-        lt=0.5,
+        # Not an exclusive bound at 0.5: the API server checks a default of 0 (an integer once Helm turns the
+        # YAML into JSON) against an exclusive float maximum as an integer, 0 < 0, and refuses the CRD.
+        le=0.49,
         description="Assumed fraction of pairs whose preference is wrong (conservative DPO); 0 is plain DPO.",
     )
 

@@ -290,3 +290,21 @@ def test_kinds_are_found_by_any_of_their_names() -> None:
 def test_a_real_union_is_refused() -> None:
     with pytest.raises(SchemaConversionError, match="anyOf"):
         structural_schema({"anyOf": [{"type": "integer"}, {"type": "boolean"}]})
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.kind)
+def test_whole_number_defaults_pass_their_bounds_when_checked_as_integers(kind: CrdKind) -> None:
+    # Helm turns YAML into JSON, so a default of 0.0 reaches the API server as the integer 0, which it then
+    # checks against the bounds as integers: 0 against an exclusive maximum of 0.5 is "0 < 0" and the CRD is
+    # refused. Every whole-number default must pass its bounds with the bounds truncated to integers.
+    for path, node in _walk(_root(kind)):
+        default = node.get("default")
+        if not isinstance(default, int | float) or isinstance(default, bool) or float(default) != int(default):
+            continue
+        value = int(default)
+        if "maximum" in node:
+            limit = int(node["maximum"])
+            assert value < limit if node.get("exclusiveMaximum") else value <= limit, path
+        if "minimum" in node:
+            limit = int(node["minimum"])
+            assert value > limit if node.get("exclusiveMinimum") else value >= limit, path

@@ -75,7 +75,7 @@ def test_wire_form_is_camel_case_and_round_trips() -> None:
         ({"model": {"source": "hf://org/m", "unknownField": 1}}, "spec.model.unknownField", "Extra inputs"),
         ({"method": {"dpo": {"beta": 0.2}}}, "spec.method", "method.dpo is only valid with method.objective dpo"),
         ({"method": {"objective": "dpo", "dpo": {"beta": 0}}}, "spec.method.dpo.beta", "greater than 0"),
-        ({"method": {"objective": "dpo", "dpo": {"labelSmoothing": 0.5}}}, "spec.method.dpo.labelSmoothing", "0.5"),
+        ({"method": {"objective": "dpo", "dpo": {"labelSmoothing": 0.5}}}, "spec.method.dpo.labelSmoothing", "0.49"),
         ({"method": {"objective": "ppo"}}, "spec.method.objective", "'sft' or 'dpo'"),
         (
             {"method": {"objective": "dpo"}, "dataset": {"train": ["pvc://d/x"], "format": "alpaca"}},
