@@ -45,6 +45,8 @@ MAX_LENGTH = 256  # tokens per sequence (prompt + one answer)
 PAIRS_PER_STEP = 4  # 8 sequences
 SEED = 42
 THREADS = 2
+# A step during which other processes used fewer cores than this counts as quiet.
+QUIET_CORES = 0.2
 # (wall clock, this process's CPU time, the machine's busy CPU time, tokens so far) when a step is reported.
 Mark = tuple[float, float, float, int]
 
@@ -258,6 +260,10 @@ def _timed(marks: list[Mark], *, losses: list[float], precompute: float | None) 
     if len(marks) < 2:
         raise RuntimeError(f"expected a mark per step, got {len(marks)}")
     (wall0, cpu0, busy0, tokens0), (wall1, cpu1, busy1, tokens1) = marks[0], marks[-1]
+    steps = list(itertools.pairwise(marks))
+    # Per step: the cores other processes used, and whether that left the step quiet.
+    others = [(b[2] - a[2] - (b[1] - a[1])) / (b[0] - a[0]) for a, b in steps]
+    quiet = [(b[0] - a[0], b[3] - a[3]) for (a, b), other in zip(steps, others, strict=True) if other < QUIET_CORES]
     return {
         "tokens": tokens1 - tokens0,
         "seconds": wall1 - wall0,
@@ -268,6 +274,9 @@ def _timed(marks: list[Mark], *, losses: list[float], precompute: float | None) 
         "all_tokens": tokens1,
         "step_seconds": [round(b[0] - a[0], 3) for a, b in itertools.pairwise(marks)],
         "step_tokens": [b[3] - a[3] for a, b in itertools.pairwise(marks)],
+        "step_other_cores": [round(x, 2) for x in others],
+        "quiet_steps": len(quiet),
+        "quiet_tokens_per_second": sum(t for _, t in quiet) / sum(w for w, _ in quiet) if quiet else None,
         "precompute_seconds": precompute,
         "losses": losses,
     }
@@ -335,7 +344,8 @@ def _print_table(results: dict[str, dict[str, Any]]) -> None:
     best_e2e = max((r["end_to_end_tokens_per_second"] for r in trl), default=None)
     print(
         f"{'configuration':<21} {'tokens/s':>9} {'vs TRL best':>11} {'s/step':>7} {'precompute s':>12} "
-        f"{'end-to-end tok/s':>16} {'vs TRL best':>11} {'peak RSS MiB':>12} {'other load':>10}  losses"
+        f"{'end-to-end tok/s':>16} {'vs TRL best':>11} {'peak RSS MiB':>12} {'other load':>10} "
+        f"{'quiet steps tok/s':>17}  losses"
     )
     for name, r in results.items():
         ratio = f"{r['tokens_per_second'] / best:.2f}x" if best else "-"
@@ -343,10 +353,13 @@ def _print_table(results: dict[str, dict[str, Any]]) -> None:
         ratio_e2e = f"{e2e / best_e2e:.2f}x" if best_e2e else "-"
         precompute = "-" if r["precompute_seconds"] is None else f"{r['precompute_seconds']:.1f}"
         per_step = r["seconds"] / len(r["step_seconds"])
+        quiet = r["quiet_tokens_per_second"]
+        quiet_text = f"{quiet:.1f} ({r['quiet_steps']}/{len(r['step_seconds'])})" if quiet else "- (0)"
         losses = " ".join(f"{x:.4f}" for x in r["losses"][:2]) + " ... " + f"{r['losses'][-1]:.4f}"
         print(
             f"{name:<21} {r['tokens_per_second']:>9.1f} {ratio:>11} {per_step:>7.2f} {precompute:>12} "
-            f"{e2e:>16.1f} {ratio_e2e:>11} {r['peak_rss_mib']:>12.0f} {r['other_cores']:>10.2f}  {losses}"
+            f"{e2e:>16.1f} {ratio_e2e:>11} {r['peak_rss_mib']:>12.0f} {r['other_cores']:>10.2f} "
+            f"{quiet_text:>17}  {losses}"
         )
     for name, r in results.items():
         print(
