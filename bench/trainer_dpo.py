@@ -10,9 +10,11 @@ per pair, as a live one does over the whole run. Tokens are the non-padding toke
 every pair (prompt + answer, chosen and rejected); tokens/s is measured over steps 2..N (step 1 pays
 one-off allocation costs). For configurations that precompute the reference log-probabilities, the
 one-off precompute is reported separately, and "end-to-end" adds its share of the timed steps' tokens
-to their time. Every configuration runs in its own process, so peak RSS is its own.
+to their time. Every configuration runs in its own process, so peak RSS is its own. "other load" is the
+cores other processes kept busy during the timed steps: on a shared 2-core machine any of it slows the
+2-thread steps by far more than its share, so compare only runs where it is near 0.
 
-    python bench/trainer_dpo.py                       # all four configurations, ~10 minutes on 2 cores
+    python bench/trainer_dpo.py                       # all four configurations, ~8 minutes on a quiet 2-core machine
     python bench/trainer_dpo.py --steps 12 --json bench-dpo.json
     python bench/trainer_dpo.py --configs kubetune-precomputed kubetune-live
 """
@@ -188,7 +190,7 @@ def run_trl(*, best: bool, steps: int, work: Path) -> dict[str, Any]:
         "save_strategy": "no",
         "report_to": "none",
         "use_cpu": True,
-        # DPOConfig turns bf16 on unless fp16 is set, on the CPU too; bf16 matmuls are far slower there.
+        # DPOConfig turns bf16 autocast on unless fp16 is set, on the CPU too; kubetune trains in fp32 on the CPU.
         "bf16": False,
         "seed": SEED,
     }
