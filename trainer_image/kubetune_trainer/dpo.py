@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kubetune.api.progress import PreferenceMetrics
-from kubetune_trainer.loss import causal_lm_of, head_only_on_labels_is_exact, row_losses
+from kubetune_trainer.loss import causal_lm_of, head_only_on_labels_is_exact, per_example_losses, row_losses
 
 # The stats tensor of PreferenceLoss, summed over pairs: add it across micro-batches and ranks, then read it
 # with PreferenceStats.from_tensor.
@@ -37,14 +37,7 @@ class DpoTerms(NamedTuple):
 def sequence_logps(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """Per row of an unpacked batch: the summed log-probability (float32) of its label tokens, position
     ``t`` predicting label ``t + 1``; 0 for a row without labels. Runs under the caller's grad mode."""
-    return _sequence_logps(
-        model,
-        fast=head_only_on_labels_is_exact(causal_lm_of(model)),
-        input_ids=batch["input_ids"],
-        labels=batch["labels"],
-        attention_mask=batch["attention_mask"],
-        position_ids=batch["position_ids"],
-    )
+    return -per_example_losses(model, batch)[0]
 
 
 def _sequence_logps(

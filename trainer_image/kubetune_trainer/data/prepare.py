@@ -114,6 +114,12 @@ class _Collector:
         if self.report.skipped <= MAX_LISTED_SKIPS:
             self.report.warnings.append(f"{issue}: record skipped")
 
+    def tokenizer_failed(self, err: DataConfigError) -> None:
+        """Not the data's fault, but the report is where users look first."""
+        self.report.status = "failed"
+        self.report.errors.append(DataIssue("", "tokenizer", str(err)))
+        self.report.error_count += 1
+
     def fail_if_errors(self, stage: str) -> None:
         if not self.report.error_count:
             return
@@ -143,10 +149,7 @@ def prepare_data(
         train_tokens = _tokenize(train, tokenizer=tokenizer, dataset=dataset, out=collector)
         validation_tokens = _tokenize(validation, tokenizer=tokenizer, dataset=dataset, out=collector)
     except DataConfigError as err:
-        # Not the data's fault, but the report is where users look first.
-        report.status = "failed"
-        report.errors.append(DataIssue("", "tokenizer", str(err)))
-        report.error_count += 1
+        collector.tokenizer_failed(err)
         raise
     collector.fail_if_errors("tokenization failed")
 
@@ -370,9 +373,7 @@ def prepare_preference_data(
         train_pairs = _tokenize_pairs(train, tokenizer=tokenizer, dataset=dataset, out=collector)
         validation_pairs = _tokenize_pairs(validation, tokenizer=tokenizer, dataset=dataset, out=collector)
     except DataConfigError as err:
-        report.status = "failed"
-        report.errors.append(DataIssue("", "tokenizer", str(err)))
-        report.error_count += 1
+        collector.tokenizer_failed(err)
         raise
     collector.fail_if_errors("tokenization failed")
     report.train_examples, report.validation_examples = len(train_pairs), len(validation_pairs)
