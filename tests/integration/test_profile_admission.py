@@ -26,7 +26,7 @@ import yaml
 from kube_objects import ftj_collection, ftj_manifest, minimal_spec, wait_for
 from kubetune_operator.errors import ApiError
 from kubetune_operator.k8s import Kube
-from kubetune_testenv.cluster import Cluster, new_api_client
+from kubetune_testenv.cluster import Cluster, ControlPlane, new_api_client
 from kubetune_testenv.helm import find_helm
 
 from kubetune.api.profile import (
@@ -378,6 +378,23 @@ def test_updates_are_checked_only_when_they_change_the_spec(admin: Kube, profile
     profiles.wait_refused(job_spec(profile=name, resources={"gpusPerNode": 2}))
     patched = admin.request("PATCH", path, body={"metadata": {"labels": {"team": "a"}}}, content_type=MERGE_PATCH)
     assert patched["metadata"]["labels"] == {"team": "a"}
+
+
+def test_right_after_an_api_server_restart_valid_jobs_are_admitted_and_the_limits_return(
+    cluster: Cluster, admin: Kube, profiles: Profiles, namespace: str
+) -> None:
+    """A restarted API server cannot evaluate the policy until it has re-learned the FineTuneProfile kind
+    (measured: up to about 30 s). The chart's failurePolicy Ignore admits meanwhile (the operator checks the
+    same limits); with Fail this test's first request is refused ("failed to configure policy")."""
+    if not isinstance(cluster, ControlPlane):
+        pytest.skip("needs the session's own control plane to restart (an existing cluster was given)")
+    small = unique("small")
+    profiles.create(small, {"limits": {"maxGpusPerNode": 1}})
+    cluster.restart_apiserver(compact=False)
+    assert refusal(admin, namespace, "valid", job_spec(profile=small), dry_run=True) is None
+    over = job_spec(profile=small, resources={"gpusPerNode": 2})
+    (violation,) = expected(over, {"limits": {"maxGpusPerNode": 1}}, name=small, namespace=namespace, job="probe")
+    assert profiles.wait_refused(over, namespace) == violation
 
 
 @pytest.fixture
