@@ -1,6 +1,7 @@
 """The DPO objective: log-probabilities of whole answers, the sigmoid preference loss, its reward metrics.
 
-A batch holds B pairs as 2B rows, the chosen answers first (``collate_pairs``). An answer's reward is
+A batch holds B pairs as B rows (``collate_pairs``): the prompt once, then both answers, each seeing the
+prompt and itself, so the prompt is computed once per pair and not once per answer. An answer's reward is
 beta x (its log-probability under the trained model - under the reference model), summed over its tokens;
 the loss pushes the chosen answer's reward above the rejected one's. The reference is the model before
 training: with adapters it is the same module with the adapters switched off, so no second copy of the
@@ -19,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from kubetune.api.progress import PreferenceMetrics
-from kubetune_trainer.loss import causal_lm_of, head_only_on_labels_is_exact, per_example_losses, row_losses
+from kubetune_trainer.data.types import IGNORE_INDEX
+from kubetune_trainer.loss import causal_lm_of, head_only_on_labels_is_exact
 
 # The stats tensor of PreferenceLoss, summed over pairs: add it across micro-batches and ranks, then read it
 # with PreferenceStats.from_tensor.
@@ -34,33 +36,55 @@ class DpoTerms(NamedTuple):
     rejected_rewards: torch.Tensor
 
 
-def sequence_logps(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Per row of an unpacked batch: the summed log-probability (float32) of its label tokens, position
-    ``t`` predicting label ``t + 1``; 0 for a row without labels. Runs under the caller's grad mode."""
-    return -per_example_losses(model, batch)[0]
+def pair_logps(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pair of a :func:`~kubetune_trainer.data.preference.collate_pairs` batch: the summed
+    log-probability (float32) of the chosen answer's label tokens and of the rejected one's, each of shape
+    (B,). Runs under the caller's grad mode; pass the model itself or its PEFT wrapper, not a DDP wrapper."""
+    return _pair_logps(
+        model,
+        fast=head_only_on_labels_is_exact(causal_lm_of(model)),
+        input_ids=batch["input_ids"],
+        position_ids=batch["position_ids"],
+        attention_mask=batch["attention_mask"],
+        predict_index=batch["predict_index"],
+        targets=batch["targets"],
+    )
 
 
-def _sequence_logps(
+def _pair_logps(
     model: nn.Module,
     *,
     fast: bool,
     input_ids: torch.Tensor,
-    labels: torch.Tensor,
-    attention_mask: torch.Tensor,
     position_ids: torch.Tensor,
-) -> torch.Tensor:
-    if attention_mask.dim() != 2:
-        raise ValueError("sequence log-probabilities need an unpacked batch (a 2-D padding mask, one answer per row)")
-    # The output head runs only where a label is predicted when ``fast``, as in LabelTokenLoss.
-    losses, _ = row_losses(
-        model,
-        fast=fast,
-        input_ids=input_ids,
-        labels=labels,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-    )
-    return -losses
+    attention_mask: torch.Tensor,
+    predict_index: torch.Tensor,
+    targets: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if attention_mask.dim() != 4 or targets.shape[0] != 2 * input_ids.shape[0]:
+        raise ValueError(
+            "expected a batch of pairs from collate_pairs: a (B, 1, L, L) mask and 2B rows of targets, got a "
+            f"{attention_mask.dim()}-D mask, {input_ids.shape[0]} rows and {targets.shape[0]} rows of targets"
+        )
+    selected = targets != IGNORE_INDEX
+    causal = causal_lm_of(model)
+    if fast:
+        # The output head runs only at the positions that predict a label, as in LabelTokenLoss.
+        hidden = causal.get_decoder()(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
+        logits = causal.get_output_embeddings()(hidden.reshape(-1, hidden.shape[-1])[predict_index[selected]])
+    else:
+        full = model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).logits
+        logits = full.reshape(-1, full.shape[-1])[predict_index[selected]]
+    token_losses = F.cross_entropy(logits.float(), targets[selected], reduction="none")
+    # Scattered back to (2B, T) and summed per sequence: a fixed order of additions.
+    dense = torch.zeros(selected.shape, dtype=token_losses.dtype, device=token_losses.device)
+    logps = -dense.masked_scatter(selected, token_losses).sum(dim=1)
+    pairs = input_ids.shape[0]
+    return logps[:pairs], logps[pairs:]
 
 
 def dpo_terms(
@@ -108,29 +132,31 @@ class PreferenceLoss(nn.Module):
     def forward(
         self,
         input_ids: torch.Tensor,
-        labels: torch.Tensor,
-        attention_mask: torch.Tensor,
         position_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        predict_index: torch.Tensor,
+        targets: torch.Tensor,
         reference_chosen: torch.Tensor,
         reference_rejected: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         pairs = reference_chosen.shape[0]
-        if input_ids.shape[0] != 2 * pairs or reference_rejected.shape[0] != pairs:
+        if input_ids.shape[0] != pairs or reference_rejected.shape[0] != pairs:
             raise ValueError(
-                f"a batch of {pairs} pairs has 2 x {pairs} rows and {pairs} reference log-probabilities per side; "
+                f"a batch of {pairs} pairs has {pairs} rows and {pairs} reference log-probabilities per side; "
                 f"got {input_ids.shape[0]} rows and {reference_rejected.shape[0]} rejected references"
             )
-        logps = _sequence_logps(
+        policy_chosen, policy_rejected = _pair_logps(
             self.model,
             fast=self._fast,
             input_ids=input_ids,
-            labels=labels,
-            attention_mask=attention_mask,
             position_ids=position_ids,
+            attention_mask=attention_mask,
+            predict_index=predict_index,
+            targets=targets,
         )
         terms = dpo_terms(
-            logps[:pairs],
-            logps[pairs:],
+            policy_chosen,
+            policy_rejected,
             reference_chosen,
             reference_rejected,
             beta=self.beta,
@@ -198,20 +224,11 @@ def reference_logps(
     """
     chosen: list[torch.Tensor] = []
     rejected: list[torch.Tensor] = []
-    fast = head_only_on_labels_is_exact(causal_lm_of(model))
     with torch.no_grad(), _eval_mode(model), _adapters_off(model, off=disable_adapters):
         for batch in batches:
-            logps = _sequence_logps(
-                model,
-                fast=fast,
-                input_ids=batch["input_ids"],
-                labels=batch["labels"],
-                attention_mask=batch["attention_mask"],
-                position_ids=batch["position_ids"],
-            )
-            pairs = logps.shape[0] // 2
-            chosen.append(logps[:pairs])
-            rejected.append(logps[pairs:])
+            batch_chosen, batch_rejected = pair_logps(model, batch)
+            chosen.append(batch_chosen)
+            rejected.append(batch_rejected)
     if not chosen:
         return torch.zeros(0), torch.zeros(0)
     return torch.cat(chosen), torch.cat(rejected)

@@ -21,7 +21,7 @@ from kubetune.api.spec import Objective as ObjectiveName
 from kubetune_trainer.data import PreparedData, TokenizedExample, collate
 from kubetune_trainer.data.preference import collate_pairs
 from kubetune_trainer.data.types import PreparedPairs, TokenizedPair
-from kubetune_trainer.dpo import PreferenceLoss, PreferenceStats, dpo_terms, reference_logps, sequence_logps
+from kubetune_trainer.dpo import PreferenceLoss, PreferenceStats, dpo_terms, pair_logps, reference_logps
 from kubetune_trainer.loss import LabelTokenLoss, label_token_count, per_example_losses
 
 log = logging.getLogger(__name__)
@@ -277,11 +277,11 @@ class DpoObjective:
 
     def score(self, model: nn.Module, indices: list[int], *, device: torch.device) -> ItemScores:
         batch = self.batch([[i] for i in indices], split="validation", device=device)
-        logps = sequence_logps(model, {k: batch[k] for k in ("input_ids", "labels", "attention_mask", "position_ids")})
+        policy_chosen, policy_rejected = pair_logps(model, batch)
         pairs = len(indices)
         terms = dpo_terms(
-            logps[:pairs],
-            logps[pairs:],
+            policy_chosen,
+            policy_rejected,
             batch["reference_chosen"],
             batch["reference_rejected"],
             beta=self.beta,

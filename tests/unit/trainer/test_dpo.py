@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-from kubetune_trainer.data import Message
+from kubetune_trainer.data import Message, collate
 from kubetune_trainer.data.preference import PreferencePair, collate_pairs, tokenize_pair
 from kubetune_trainer.data.types import TokenizedPair
 from kubetune_trainer.dpo import (
@@ -18,8 +18,8 @@ from kubetune_trainer.dpo import (
     PreferenceLoss,
     PreferenceStats,
     dpo_terms,
+    pair_logps,
     reference_logps,
-    sequence_logps,
 )
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -33,6 +33,8 @@ PAIRS = [
     (None, "Colour of the sky?", "Blue, on a clear day.", "Green."),
     (None, "Largest planet?", "Jupiter.", "The Moon."),
     ("Answer in French.", "Thanks?", "Merci.", "Thank you."),
+    # The answers' first tokens agree: a pair's row shares them too.
+    (None, "Best fruit?", "Apples are the best fruit.", "Apples are awful."),
 ]
 
 
@@ -82,11 +84,19 @@ def tokenized(tokenizer: Any) -> list[TokenizedPair]:
 
 @pytest.fixture(scope="module")
 def batch(tokenized: list[TokenizedPair], tokenizer: Any) -> dict[str, torch.Tensor]:
+    """What the trainer feeds the model: one row per pair, the prompt once."""
     return collate_pairs(tokenized, pad_token_id=tokenizer.pad_token_id)
 
 
+@pytest.fixture(scope="module")
+def rows(tokenized: list[TokenizedPair], tokenizer: Any) -> dict[str, torch.Tensor]:
+    """The textbook layout: every sequence in its own padded row, the chosen ones first (as TRL batches)."""
+    sequences = [[p.chosen] for p in tokenized] + [[p.rejected] for p in tokenized]
+    return collate(sequences, packing=False, pad_token_id=tokenizer.pad_token_id)
+
+
 def manual_logps(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Summed label log-probabilities from the model's full logits, the textbook way."""
+    """Summed label log-probabilities of each row of the textbook layout from the model's full logits."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
     labels = batch["labels"][:, 1:]
     mask = labels != -100
@@ -130,25 +140,27 @@ def test_rewards_are_detached_and_the_loss_is_not() -> None:
 # --- answer log-probabilities -------------------------------------------------------------------------------
 
 
-def test_sequence_logps_sum_each_rows_label_log_probabilities(
-    policy: LlamaForCausalLM, batch: dict[str, torch.Tensor]
+def test_pair_logps_from_shared_prompt_rows_equal_each_sequence_in_its_own_row(
+    policy: LlamaForCausalLM, batch: dict[str, torch.Tensor], rows: dict[str, torch.Tensor]
 ) -> None:
     with torch.no_grad():
-        ours = sequence_logps(policy, batch)
-        expected = manual_logps(policy, batch)
-    assert ours.dtype == torch.float32 and ours.shape == (2 * len(PAIRS),)
-    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-4)
+        chosen, rejected = pair_logps(policy, batch)
+        expected = manual_logps(policy, rows)
+    assert chosen.dtype == torch.float32 and chosen.shape == rejected.shape == (len(PAIRS),)
+    torch.testing.assert_close(torch.cat([chosen, rejected]), expected, rtol=1e-5, atol=1e-4)
+    # The shared rows are shorter than the two sequences side by side.
+    assert batch["input_ids"].numel() < rows["input_ids"].numel()
     # A logit transform (softcapping) disables the head-only fast path: the full forward gives the same here.
     transformed = copy.deepcopy(policy)
     transformed.config.final_logit_softcapping = 30.0
     with torch.no_grad():
-        torch.testing.assert_close(sequence_logps(transformed, batch), expected, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(torch.cat(pair_logps(transformed, batch)), expected, rtol=1e-5, atol=1e-4)
 
 
-def test_a_packed_batch_is_refused(policy: LlamaForCausalLM, batch: dict[str, torch.Tensor]) -> None:
-    packed = dict(batch, attention_mask=torch.zeros((2, 1, 4, 4)))
-    with pytest.raises(ValueError, match="unpacked"):
-        sequence_logps(policy, packed)
+def test_a_batch_of_single_sequences_is_refused(policy: LlamaForCausalLM, rows: dict[str, torch.Tensor]) -> None:
+    single = dict(rows, predict_index=rows["labels"].clamp(min=0), targets=rows["labels"])
+    with pytest.raises(ValueError, match="collate_pairs"):
+        pair_logps(policy, single)
 
 
 # --- the same numbers as TRL --------------------------------------------------------------------------------
@@ -226,15 +238,17 @@ def test_loss_and_reward_metrics_equal_trls_dpo_trainer(
     tokenizer: Any,
     tokenized: list[TokenizedPair],
     batch: dict[str, torch.Tensor],
+    rows: dict[str, torch.Tensor],
     tmp_path: Path,
 ) -> None:
     trl_loss, trl, trl_inputs = trl_loss_and_metrics(
         policy, reference, tokenizer, tokenized, beta=beta, output_dir=tmp_path
     )
-    # Both sides see the same tokens: TRL's batch is ours, chosen rows first, its completion mask our labels.
-    assert torch.equal(trl_inputs["input_ids"], batch["input_ids"])
-    assert torch.equal(trl_inputs["attention_mask"], batch["attention_mask"])
-    assert torch.equal(trl_inputs["completion_mask"][:, 1:].bool(), batch["labels"][:, 1:] != -100)
+    # Both sides see the same tokens: TRL's batch is our sequences one per row, chosen rows first, its
+    # completion mask our labels.
+    assert torch.equal(trl_inputs["input_ids"], rows["input_ids"])
+    assert torch.equal(trl_inputs["attention_mask"], rows["attention_mask"])
+    assert torch.equal(trl_inputs["completion_mask"][:, 1:].bool(), rows["labels"][:, 1:] != -100)
 
     loss, ours = kubetune_loss_and_metrics(policy, reference, batch, beta=beta)
     assert loss == pytest.approx(trl_loss, abs=1e-4)
@@ -311,7 +325,12 @@ def test_trl_tokenizes_a_conversational_pair_like_us_but_trains_the_newline_afte
 
 
 def test_preference_loss_returns_the_summed_loss_and_summed_stats(
-    policy: LlamaForCausalLM, reference: LlamaForCausalLM, batch: dict[str, torch.Tensor]
+    policy: LlamaForCausalLM,
+    reference: LlamaForCausalLM,
+    batch: dict[str, torch.Tensor],
+    rows: dict[str, torch.Tensor],
+    tokenized: list[TokenizedPair],
+    tokenizer: Any,
 ) -> None:
     beta, smoothing = 0.3, 0.1
     ref_chosen, ref_rejected = reference_logps(reference, [batch], disable_adapters=False)
@@ -319,7 +338,7 @@ def test_preference_loss_returns_the_summed_loss_and_summed_stats(
     loss, stats = loss_fn(**batch, reference_chosen=ref_chosen, reference_rejected=ref_rejected)
     pairs = len(PAIRS)
     with torch.no_grad():
-        logps = manual_logps(policy, batch)
+        logps = manual_logps(policy, rows)
     terms = dpo_terms(logps[:pairs], logps[pairs:], ref_chosen, ref_rejected, beta=beta, label_smoothing=smoothing)
     torch.testing.assert_close(loss, terms.losses.sum(), rtol=1e-5, atol=1e-4)
     assert loss.requires_grad and not stats.requires_grad
@@ -332,8 +351,7 @@ def test_preference_loss_returns_the_summed_loss_and_summed_stats(
     half = pairs // 2
     halves = PreferenceStats()
     for lo, hi in ((0, half), (half, pairs)):
-        rows = list(range(lo, hi)) + list(range(pairs + lo, pairs + hi))
-        part = {key: value[rows] for key, value in batch.items()}
+        part = collate_pairs(tokenized[lo:hi], pad_token_id=tokenizer.pad_token_id)
         _, part_stats = loss_fn(**part, reference_chosen=ref_chosen[lo:hi], reference_rejected=ref_rejected[lo:hi])
         halves = halves + PreferenceStats.from_tensor(part_stats)
     whole = PreferenceStats.from_tensor(stats)
@@ -347,7 +365,7 @@ def test_preference_loss_returns_the_summed_loss_and_summed_stats(
     assert metrics.rejected_reward == pytest.approx(float(rejected.mean()), abs=1e-5)
 
 
-def test_the_batch_must_hold_two_rows_per_pair(policy: LlamaForCausalLM, batch: dict[str, torch.Tensor]) -> None:
+def test_the_batch_must_hold_one_row_per_pair(policy: LlamaForCausalLM, batch: dict[str, torch.Tensor]) -> None:
     loss_fn = PreferenceLoss(policy, beta=0.1, label_smoothing=0.0)
     with pytest.raises(ValueError, match="pairs"):
         loss_fn(**batch, reference_chosen=torch.zeros(2), reference_rejected=torch.zeros(2))
@@ -392,6 +410,29 @@ def test_gradients_reach_only_the_trainable_adapter_weights(
             assert param.grad is None, name
 
 
+def test_gradients_through_shared_prompt_rows_equal_those_of_separate_rows(
+    lora_pair: tuple[Any, LlamaForCausalLM], batch: dict[str, torch.Tensor], rows: dict[str, torch.Tensor]
+) -> None:
+    """The prompt is computed once but feeds both answers: its gradient is the sum of both, as if apart."""
+    model, _ = lora_pair
+    ref_chosen, ref_rejected = reference_logps(model, [batch], disable_adapters=True)
+    model.train()
+    loss, _ = PreferenceLoss(model, beta=0.1, label_smoothing=0.0)(
+        **batch, reference_chosen=ref_chosen, reference_rejected=ref_rejected
+    )
+    loss.backward()
+    shared = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    logps = manual_logps(model, rows)
+    pairs = len(PAIRS)
+    terms = dpo_terms(logps[:pairs], logps[pairs:], ref_chosen, ref_rejected, beta=0.1, label_smoothing=0.0)
+    terms.losses.sum().backward()
+    separate = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    assert shared.keys() == separate.keys() and shared
+    for name, grad in shared.items():
+        torch.testing.assert_close(grad, separate[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_the_reference_with_adapters_off_is_the_base_model(
     lora_pair: tuple[Any, LlamaForCausalLM], batch: dict[str, torch.Tensor]
 ) -> None:
@@ -399,8 +440,8 @@ def test_the_reference_with_adapters_off_is_the_base_model(
     model.train()
     chosen, rejected = reference_logps(model, [batch], disable_adapters=True)
     with torch.no_grad():
-        expected = sequence_logps(base.eval(), batch)
-        adapted = sequence_logps(model, batch)
+        expected = torch.cat(pair_logps(base.eval(), batch))
+        adapted = torch.cat(pair_logps(model, batch))
     torch.testing.assert_close(torch.cat([chosen, rejected]), expected, rtol=1e-5, atol=1e-5)
     # The adapters are back on after, and they do change the answers' probabilities.
     assert (adapted - expected).abs().max() > 1e-2

@@ -25,7 +25,6 @@ import torch
 
 from kubetune.api.spec import FieldMapping
 from kubetune_trainer.data.formats import DetectionError, Problems, Rejected, message_content, optional_string
-from kubetune_trainer.data.packing import collate
 from kubetune_trainer.data.sources import json_type
 from kubetune_trainer.data.tokenize import TemplateRejected, chat_segments, eos_token, tokenize_segments
 from kubetune_trainer.data.types import (
@@ -352,12 +351,78 @@ def tokenize_pair(
     )
 
 
-def collate_pairs(pairs: Sequence[TokenizedPair], *, pad_token_id: int) -> dict[str, torch.Tensor]:
-    """B pairs → one unpacked batch of 2B rows: the B chosen answers, then the B rejected ones in the same
-    order. Keys and conventions are :func:`~kubetune_trainer.data.packing.collate`'s with ``packing=False``:
-    ``input_ids``, ``labels`` (IGNORE_INDEX on prompt, padding and position 0), ``position_ids`` and the
-    (2B, L) 0/1 ``attention_mask``."""
+def collate_pairs(
+    pairs: Sequence[TokenizedPair], *, pad_token_id: int, mask_dtype: torch.dtype = torch.float32
+) -> dict[str, torch.Tensor]:
+    """B pairs → one row each: the tokens both sequences share (the prompt) once, then the rest of the
+    chosen sequence, then the rest of the rejected one, right-padded to the longest row.
+
+    Each rest sees the shared tokens and itself, never the other rest, and its positions continue from the
+    shared tokens: every token is computed exactly as in its own sequence, and the prompt only once.
+
+    - ``input_ids``, ``position_ids``: (B, L);
+    - ``attention_mask``: (B, 1, L, L) additive, as :func:`~kubetune_trainer.data.packing.block_causal_mask`
+      (0.0 where allowed, ``finfo(mask_dtype).min`` elsewhere; a padding position sees only itself);
+    - ``targets``: (2B, T), the label tokens of the B chosen sequences, then of the B rejected ones in the
+      same order, IGNORE_INDEX after each sequence's last; ``predict_index``: (2B, T), the flat position
+      (``b * L + t``) whose output predicts each target (0 where there is none).
+    """
     if not pairs:
         raise ValueError("collate_pairs needs at least one pair")
-    rows = [[pair.chosen] for pair in pairs] + [[pair.rejected] for pair in pairs]
-    return collate(rows, packing=False, pad_token_id=pad_token_id)
+    width = max(pair.row_length for pair in pairs)
+    batch = len(pairs)
+    input_ids = torch.full((batch, width), pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros((batch, width), dtype=torch.long)
+    # Per position: 0 shared, 1 chosen, 2 rejected, -1 padding.
+    branch = torch.full((batch, width), -1, dtype=torch.long)
+    sides: list[tuple[list[int], list[int]]] = [([], []) for _ in range(2 * batch)]
+    for b, pair in enumerate(pairs):
+        shared = pair.shared
+        chosen, rejected = pair.chosen, pair.rejected
+        rest_chosen = len(chosen.input_ids) - shared
+        input_ids[b, : shared + rest_chosen] = torch.tensor(chosen.input_ids, dtype=torch.long)
+        input_ids[b, shared + rest_chosen : pair.row_length] = torch.tensor(
+            rejected.input_ids[shared:], dtype=torch.long
+        )
+        position_ids[b, : shared + rest_chosen] = torch.arange(shared + rest_chosen)
+        position_ids[b, shared + rest_chosen : pair.row_length] = torch.arange(shared, len(rejected.input_ids))
+        branch[b, :shared] = 0
+        branch[b, shared : shared + rest_chosen] = 1
+        branch[b, shared + rest_chosen : pair.row_length] = 2
+        for side, example, offset in ((b, chosen, 0), (batch + b, rejected, rest_chosen)):
+            if len(example.labels) != len(example.input_ids):
+                raise ValueError(f"a sequence has {len(example.input_ids)} input ids but {len(example.labels)} labels")
+            predictors, targets = sides[side]
+            # Token t of the sequence (t >= 1) is predicted by its token t - 1, at row position
+            # t - 1 in the shared part and t - 1 + offset after it.
+            for t in range(1, len(example.labels)):
+                if example.labels[t] != IGNORE_INDEX:
+                    before = t - 1
+                    predictors.append(b * width + (before if before < shared else before + offset))
+                    targets.append(example.labels[t])
+    most = max(1, max(len(targets) for _, targets in sides))
+    predict_index = torch.zeros((2 * batch, most), dtype=torch.long)
+    target_ids = torch.full((2 * batch, most), IGNORE_INDEX, dtype=torch.long)
+    for row, (predictors, targets) in enumerate(sides):
+        predict_index[row, : len(predictors)] = torch.tensor(predictors, dtype=torch.long)
+        target_ids[row, : len(targets)] = torch.tensor(targets, dtype=torch.long)
+    return {
+        "input_ids": input_ids,
+        "position_ids": position_ids,
+        "attention_mask": _branch_mask(branch, dtype=mask_dtype),
+        "predict_index": predict_index,
+        "targets": target_ids,
+    }
+
+
+def _branch_mask(branch: torch.Tensor, *, dtype: torch.dtype) -> torch.Tensor:
+    """(B, L) branch ids (0 shared, 1 and 2 the two rests, -1 padding) → (B, 1, L, L) additive mask: a query
+    sees earlier keys of the shared part and of its own branch; padding sees only itself."""
+    width = branch.shape[1]
+    causal = torch.ones((width, width), dtype=torch.bool).tril()
+    keys, queries = branch[:, None, :], branch[:, :, None]
+    allowed = causal & (queries >= 0) & ((keys == 0) | (keys == queries))
+    allowed |= torch.eye(width, dtype=torch.bool)
+    mask = torch.zeros(allowed.shape, dtype=dtype)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[:, None, :, :]

@@ -162,8 +162,23 @@ class TokenizedPair:
 
     @property
     def length(self) -> int:
-        """Tokens of the longer sequence: what the pair's row takes in a batch."""
+        """Tokens of the longer sequence (at most max_seq_length)."""
         return max(len(self.chosen.input_ids), len(self.rejected.input_ids))
+
+    @property
+    def shared(self) -> int:
+        """Leading tokens both sequences have in common: the prompt, and any answer tokens that agree."""
+        shared = 0
+        for a, b in zip(self.chosen.input_ids, self.rejected.input_ids, strict=False):
+            if a != b:
+                break
+            shared += 1
+        return shared
+
+    @property
+    def row_length(self) -> int:
+        """What the pair's row takes in a batch: the shared tokens once, then the rest of each sequence."""
+        return len(self.chosen.input_ids) + len(self.rejected.input_ids) - self.shared
 
 
 @dataclass(frozen=True, kw_only=True)

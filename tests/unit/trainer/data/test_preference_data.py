@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from conftest import WriteJsonl
-from kubetune_trainer.data import IGNORE_INDEX, DataConfigError, DataIssue, Example, Message, collate
+from kubetune_trainer.data import IGNORE_INDEX, DataConfigError, DataIssue, Example, Message
 from kubetune_trainer.data.formats import DetectionError, Rejected
 from kubetune_trainer.data.preference import (
     PreferencePair,
@@ -332,27 +331,52 @@ def test_a_tokenizer_without_chat_template_is_a_configuration_error() -> None:
         tokenize_pair(EXPECTED, tokenizer=build_tiny_tokenizer(chat_template=None), max_seq_length=64)
 
 
-def test_a_batch_holds_the_chosen_rows_then_the_rejected_rows_padded_like_sft(tokenizer: Any) -> None:
+def test_a_batch_holds_one_row_per_pair_the_shared_tokens_once_then_each_answer(tokenizer: Any) -> None:
     pairs = [
         tokenized(pair_of([user(QUESTION)], GOOD, BAD), tokenizer),
         tokenized(
-            pair_of([user("A much longer question, to make the rows differ?")], "Yes, indeed.", "No."), tokenizer
+            pair_of([user("A much longer question, to make the rows differ?")], "Yes, indeed.", "Yes, no."), tokenizer
         ),
     ]
     pad = tokenizer.pad_token_id
     batch = collate_pairs(pairs, pad_token_id=pad)
-    assert set(batch) == {"input_ids", "labels", "attention_mask", "position_ids"}
-    rows = [pairs[0].chosen, pairs[1].chosen, pairs[0].rejected, pairs[1].rejected]
-    expected = collate([[row] for row in rows], packing=False, pad_token_id=pad)
-    for key, value in expected.items():
-        assert torch.equal(batch[key], value), key
-    width = max(p.length for p in pairs)
-    assert batch["input_ids"].shape == (4, width)
-    for index, row in enumerate(rows):
-        n = len(row.input_ids)
-        assert batch["input_ids"][index, :n].tolist() == row.input_ids
-        assert batch["attention_mask"][index].tolist() == [1] * n + [0] * (width - n)
-        assert (batch["labels"][index, n:] == IGNORE_INDEX).all()
-        assert batch["labels"][index, : prompt_length(row)].eq(IGNORE_INDEX).all()
+    assert set(batch) == {"input_ids", "position_ids", "attention_mask", "predict_index", "targets"}
+    width = max(p.row_length for p in pairs)
+    assert batch["input_ids"].shape == batch["position_ids"].shape == (2, width)
+    assert batch["attention_mask"].shape == (2, 1, width, width)
+    # The second pair's answers start alike ("Yes,"): those tokens are shared too.
+    assert pairs[1].shared > prompt_length(pairs[1].chosen) > 0
+    assert pairs[0].shared >= prompt_length(pairs[0].chosen)
+    flat_ids, flat_positions = batch["input_ids"].flatten(), batch["position_ids"].flatten()
+    for b, pair in enumerate(pairs):
+        shared, chosen, rejected = pair.shared, pair.chosen, pair.rejected
+        row = chosen.input_ids + rejected.input_ids[shared:]
+        assert batch["input_ids"][b].tolist() == row + [pad] * (width - len(row))
+        rest = len(chosen.input_ids)
+        assert batch["position_ids"][b, : len(row)].tolist() == [
+            *range(rest),
+            *range(shared, len(rejected.input_ids)),
+        ]
+        allowed = batch["attention_mask"][b, 0] == 0
+        # The rejected answer sees the shared tokens and itself, never the chosen answer; the chosen answer
+        # sees the shared tokens; padding sees only itself.
+        first_rejected = rest
+        assert allowed[first_rejected, :shared].all() and not allowed[first_rejected, shared:rest].any()
+        assert allowed[rest - 1, :rest].all()
+        for q in range(len(row), width):
+            assert allowed[q].tolist() == [k == q for k in range(width)]
+        # Each sequence's label tokens, each with the token before it in that sequence at its position.
+        for side, sequence in ((b, chosen), (len(pairs) + b, rejected)):
+            wanted = [
+                (sequence.input_ids[t - 1], t - 1, sequence.labels[t])
+                for t in range(1, len(sequence.labels))
+                if sequence.labels[t] != IGNORE_INDEX
+            ]
+            n = len(wanted)
+            index = batch["predict_index"][side, :n]
+            predictors, positions = flat_ids[index].tolist(), flat_positions[index].tolist()
+            got = list(zip(predictors, positions, batch["targets"][side, :n].tolist(), strict=True))
+            assert got == wanted
+            assert (batch["targets"][side, n:] == IGNORE_INDEX).all()
     with pytest.raises(ValueError, match="at least one pair"):
         collate_pairs([], pad_token_id=pad)
