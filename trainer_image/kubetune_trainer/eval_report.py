@@ -46,7 +46,8 @@ class ExampleScore(ApiModel):
 
     # Position in the validation split.
     index: int = Field(ge=0)
-    # The example's length in tokens (prompt and answer), which the length buckets group by.
+    # The example's length in tokens (prompt and answer; for a DPO pair the prompt and both answers), which
+    # the length buckets group by.
     tokens: int = Field(ge=0)
     # Tokens that carry a loss (the answer's, after the one-token shift).
     label_tokens: int = Field(ge=0)

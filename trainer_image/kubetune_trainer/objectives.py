@@ -101,7 +101,7 @@ class SftObjective:
         return self.data.train if split == "train" else self.data.validation
 
     def lengths(self, split: Split) -> list[int]:
-        return [len(e.input_ids) for e in self._items(split)]
+        return [e.row_length for e in self._items(split)]
 
     def size(self, split: Split) -> int:
         return len(self._items(split))
@@ -174,7 +174,7 @@ class DpoObjective:
         return self.data.train if split == "train" else self.data.validation
 
     def lengths(self, split: Split) -> list[int]:
-        return [p.length for p in self._items(split)]
+        return [p.row_length for p in self._items(split)]
 
     def size(self, split: Split) -> int:
         return len(self._items(split))
@@ -196,7 +196,7 @@ class DpoObjective:
             items = self._items(split)
             chosen = torch.zeros(len(items), dtype=torch.float32, device=device)
             rejected = torch.zeros(len(items), dtype=torch.float32, device=device)
-            mine = sorted(range(len(items)), key=lambda i: items[i].length)[rank::world_size]
+            mine = sorted(range(len(items)), key=lambda i: items[i].row_length)[rank::world_size]
             for start in range(0, len(mine), batch_size):
                 indices = mine[start : start + batch_size]
                 tensors = collate_pairs([items[i] for i in indices], pad_token_id=self._pad)

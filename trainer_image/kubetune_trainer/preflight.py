@@ -83,9 +83,7 @@ def run_preflight(
         return bad_config(str(err))
     resources = config.resources
     device: DeviceType = "cpu" if resources.gpus_per_node == 0 else "cuda"
-    lengths = (
-        [p.length for p in data.train] if isinstance(data, PreparedPairs) else [len(e.input_ids) for e in data.train]
-    )
+    lengths = [item.row_length for item in data.train]
     hp = resolve_hyperparameters(
         config.hyperparameters,
         method=config.method.type,

@@ -27,14 +27,16 @@ def plan_batches(
 ) -> list[list[list[int]]]:
     """Batches → rows → example indices, deterministic for (lengths, settings, seed, epoch).
 
-    Every example appears exactly once per epoch; the last batch may be smaller. Unpacked: one example
-    per row, rows length-grouped. Packed: best-fit-decreasing bins of at most ``max_seq_length`` tokens,
-    ``batch_size`` rows per batch.
+    Every example appears exactly once per epoch; the last batch may be smaller. Unpacked: one item per
+    row, rows length-grouped; ``lengths`` are the rows' tokens, which only order them (a DPO pair's row
+    holds two sequences, so it may be longer than ``max_seq_length``). Packed: best-fit-decreasing bins of
+    at most ``max_seq_length`` tokens, ``batch_size`` rows per batch.
     """
     if batch_size < 1 or max_seq_length < 1:
         raise ValueError(f"batch_size and max_seq_length must be positive, got {batch_size}, {max_seq_length}")
+    longest = max_seq_length if packing else None
     for index, length in enumerate(lengths):
-        if not 1 <= length <= max_seq_length:
+        if length < 1 or (longest is not None and length > longest):
             raise ValueError(f"example {index} has {length} tokens; expected 1 to max_seq_length={max_seq_length}")
     # A string seed is hashed with SHA-512 by random.Random: stable across processes and Python versions.
     rng = random.Random(f"kubetune-batches:{seed}:{epoch}")

@@ -41,6 +41,11 @@ class TokenizedExample:
     input_ids: list[int]
     labels: list[int]
 
+    @property
+    def row_length(self) -> int:
+        """What the example takes in an unpacked batch's row: its tokens."""
+        return len(self.input_ids)
+
 
 class DataIssue(NamedTuple):
     """One problem with one record (or file): where ("file.jsonl:17"), which field, what is wrong."""

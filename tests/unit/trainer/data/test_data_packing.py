@@ -75,6 +75,15 @@ def test_plan_rejects_lengths_outside_1_to_max_seq_length(bad: int) -> None:
         plan([10, bad], packing=True)
 
 
+def test_unpacked_rows_longer_than_max_seq_length_are_only_ordered() -> None:
+    """A DPO pair's row holds two sequences of up to max_seq_length each."""
+    lengths = [900, 10, 1000, 12, 950, 11, 980, 9]
+    batches = plan(lengths, packing=False, batch_size=4)
+    assert sorted(sorted(row[0] for row in batch) for batch in batches) == [[0, 2, 4, 6], [1, 3, 5, 7]]
+    with pytest.raises(ValueError, match="expected 1 to"):
+        plan([10, 0], packing=False)
+
+
 def example(ids: list[int], *, masked: int = 0) -> TokenizedExample:
     """Token ids with the first ``masked`` positions unlabelled (a prompt)."""
     return TokenizedExample(input_ids=ids, labels=[IGNORE_INDEX] * masked + ids[masked:])
