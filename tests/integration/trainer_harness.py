@@ -173,6 +173,12 @@ class TrainerProcess:
     def steps(self) -> list[StepEvent]:
         return [e for _, e in self.events if isinstance(e, StepEvent)]
 
+    def cpu_seconds(self) -> float:
+        """CPU time the trainer process (all its threads) has used so far (Linux /proc, user + system)."""
+        fields = Path(f"/proc/{self._process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        utime, stime = int(fields[11]), int(fields[12])
+        return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
     def wait_for_step(self, step: int, *, timeout: float = 300) -> None:
         def reached() -> bool:
             if self._process.poll() is not None and not any(s.step >= step for s in self.steps()):
