@@ -158,7 +158,7 @@ def test_dpo_with_lora_on_lamini_pairs_lifts_held_out_reward_accuracy(
     margins = [e.preference.reward_margin for e in evals if e.preference is not None]
     # Step 0: the policy is the reference, so every margin is 0 and no pair counts as ranked right.
     assert accuracy[0] == 0.0 and margins[0] == pytest.approx(0.0, abs=1e-4)
-    # Measured: 0 -> 0.71 -> 0.79 held-out reward accuracy, margin 0 -> 0.39 -> 0.55, loss 0.693 -> 0.527.
+    # Measured: 0 -> 0.79 -> 0.86 held-out reward accuracy, margin 0 -> 0.28 -> 0.65, loss 0.693 -> 0.476.
     assert accuracy[1] > 0.5 and accuracy[2] >= 0.7, f"held-out reward accuracy {accuracy}"
     assert margins[2] > margins[1] > 0.2
     assert evals[2].eval_loss < evals[0].eval_loss - 0.1
