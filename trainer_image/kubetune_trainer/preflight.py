@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 MAX_FIELD_CHARS = 128
 
 
-# Training tokens are multiplied by this for DPO: one forward pass of the reference per training pass.
+# DPO's computed tokens (pairs' rows) are multiplied by this: one reference forward pass per training pass.
 DPO_REFERENCE_COST = 4 / 3
 
 
@@ -95,9 +95,9 @@ def run_preflight(
     )
     tokens = data.report.train_tokens.total
     if isinstance(data, PreparedPairs):
-        # Both answers' sequences train (the report counts both); the reference model reads them once more,
-        # forward only: about a third of a forward and backward pass.
-        tokens = round(tokens * DPO_REFERENCE_COST)
+        # What the model computes: a pair's row (the prompt once, both answers), which the reference model
+        # reads once more, forward only: about a third of a forward and backward pass.
+        tokens = round(sum(lengths) * DPO_REFERENCE_COST)
     estimate = estimate_training(
         tokens_per_epoch=tokens,
         data_passes=hp.data_passes,

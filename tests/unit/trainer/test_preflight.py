@@ -104,6 +104,32 @@ def test_the_result_plans_for_the_target_hardware(tmp_path: Path, config_only_mo
     assert "300 training examples, 3 epoch(s), 9 optimizer steps" in result.message
 
 
+def test_a_dpo_estimate_counts_each_pairs_row_once_and_the_reference_pass(
+    tmp_path: Path, config_only_model_dir: Path
+) -> None:
+    rows = [{"prompt": f"question {i}, asked at some length", "chosen": _answer(i), "rejected": "no"} for i in range(40)]
+    data = _write(tmp_path / "pairs.jsonl", rows)
+    config = _config(
+        f"file://{config_only_model_dir}",
+        [data.as_uri()],
+        dataset={"format": "preference"},
+        method={"objective": "dpo"},
+        hyperparameters={"epochs": 1},
+    )
+
+    result = run_preflight(config, cache_dir=tmp_path / "cache")
+
+    assert result.outcome == "Passed", result.message
+    assert result.dataset is not None and result.estimate is not None
+    both_sequences = result.dataset.train_tokens.total
+    # A pair's row holds its prompt once: the model computes fewer tokens than both sequences have, and the
+    # reference's forward pass adds a third of a training pass.
+    assert result.estimate.train_tokens < both_sequences * 4 / 3
+    answers = 40 * (len(ANSWER) + 1 + len("no") + 1)
+    prompts = (both_sequences - answers) // 2
+    assert result.estimate.train_tokens == round((prompts + answers) * 4 / 3)
+
+
 def test_100000_bad_lines_still_give_a_small_result(tmp_path: Path, config_only_model_dir: Path) -> None:
     data = tmp_path / "broken.jsonl"
     data.write_text("{not json\n" * 100_000, encoding="utf-8")
