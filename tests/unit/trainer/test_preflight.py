@@ -107,7 +107,7 @@ def test_the_result_plans_for_the_target_hardware(tmp_path: Path, config_only_mo
 def test_a_dpo_estimate_counts_each_pairs_row_once_and_the_reference_pass(
     tmp_path: Path, config_only_model_dir: Path
 ) -> None:
-    rows = [{"prompt": f"question {i}, asked at some length", "chosen": _answer(i), "rejected": "no"} for i in range(40)]
+    rows = [{"prompt": f"question {i}, asked at length", "chosen": _answer(i), "rejected": "no"} for i in range(40)]
     data = _write(tmp_path / "pairs.jsonl", rows)
     config = _config(
         f"file://{config_only_model_dir}",
