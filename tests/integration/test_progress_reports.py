@@ -33,6 +33,7 @@ from kubetune.api.resource import GROUP, PLURAL, VERSION
 pytestmark = pytest.mark.cluster
 
 MAX_STEPS = 200
+SCRAPE_INTERVAL_S = 0.25
 CHECKPOINT_EVERY = 50
 EVAL_EVERY = 50
 # The kwok pod "runs" until the test says it finished (by changing this annotation).
@@ -155,7 +156,11 @@ def run(
 ) -> Iterator[Run]:
     assert isinstance(cluster, ControlPlane), "kubectl and the service account key come from the test control plane"
     workdir = tmp_path_factory.mktemp("reports")
-    prometheus = PrometheusServer(workdir=workdir, targets=[f"127.0.0.1:{operator.metrics_port}"]).start()
+    # Scraped every 0.25 s: the 200 steps take 8-30 s depending on the machine's load, and the curve should
+    # have 10 samples or more (7 in one run at a 1 s interval on a quiet machine).
+    prometheus = PrometheusServer(
+        workdir=workdir, targets=[f"127.0.0.1:{operator.metrics_port}"], interval=SCRAPE_INTERVAL_S
+    ).start()
     ftjs = FineTuneJobs(kube=admin, namespace=reports_namespace)
     pvc_root = bound_claims(api, namespace=reports_namespace, root=workdir / "pvc")
     lay_out_claims(pvc_root, model_dir=tiny_model_dir, dataset=lamini_subset(200))
@@ -186,8 +191,12 @@ def run(
         done = cluster.kubectl("get", "ftj", name, f"--namespace={reports_namespace}").stdout
         metrics_text = operator.metrics()
         selector = f'{{namespace="{reports_namespace}",name="{name}"}}'
-        loss = prometheus.query_range(f"kubetune_finetunejob_train_loss{selector}", start=started, end=ended)
-        evals = prometheus.query_range(f"kubetune_finetunejob_eval_loss{selector}", start=started, end=ended)
+        loss = prometheus.query_range(
+            f"kubetune_finetunejob_train_loss{selector}", start=started, end=ended, step=SCRAPE_INTERVAL_S
+        )
+        evals = prometheus.query_range(
+            f"kubetune_finetunejob_eval_loss{selector}", start=started, end=ended, step=SCRAPE_INTERVAL_S
+        )
         # Removed from /metrics at Succeeded; Prometheus marks a series stale at the first scrape without it.
         gone = wait_for(
             lambda: prometheus.query(f"{{__name__=~'kubetune_finetunejob_.*',namespace='{reports_namespace}'}}"),
