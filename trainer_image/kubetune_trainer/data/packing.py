@@ -129,8 +129,13 @@ def block_causal_mask(segments: torch.Tensor, *, dtype: torch.dtype = torch.floa
     width = segments.shape[1]
     same = segments[:, :, None] == segments[:, None, :]
     causal = torch.ones((width, width), dtype=torch.bool).tril()
-    allowed = same & causal & (segments[:, :, None] > 0)
-    allowed |= torch.eye(width, dtype=torch.bool)
+    return additive_mask(same & causal & (segments[:, :, None] > 0), dtype=dtype)
+
+
+def additive_mask(allowed: torch.Tensor, *, dtype: torch.dtype) -> torch.Tensor:
+    """(B, L, L) booleans, query by key → (B, 1, L, L) additive mask: 0.0 where allowed, ``finfo(dtype).min``
+    elsewhere. Every position also sees itself, so no softmax row is empty (padding sees only itself)."""
+    allowed = allowed | torch.eye(allowed.shape[-1], dtype=torch.bool)
     mask = torch.zeros(allowed.shape, dtype=dtype)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask[:, None, :, :]

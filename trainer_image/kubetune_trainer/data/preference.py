@@ -25,6 +25,7 @@ import torch
 
 from kubetune.api.spec import FieldMapping
 from kubetune_trainer.data.formats import DetectionError, Problems, Rejected, message_content, optional_string
+from kubetune_trainer.data.packing import additive_mask
 from kubetune_trainer.data.sources import json_type
 from kubetune_trainer.data.tokenize import TemplateRejected, chat_segments, eos_token, tokenize_segments
 from kubetune_trainer.data.types import (
@@ -421,8 +422,4 @@ def _branch_mask(branch: torch.Tensor, *, dtype: torch.dtype) -> torch.Tensor:
     width = branch.shape[1]
     causal = torch.ones((width, width), dtype=torch.bool).tril()
     keys, queries = branch[:, None, :], branch[:, :, None]
-    allowed = causal & (queries >= 0) & ((keys == 0) | (keys == queries))
-    allowed |= torch.eye(width, dtype=torch.bool)
-    mask = torch.zeros(allowed.shape, dtype=dtype)
-    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-    return mask[:, None, :, :]
+    return additive_mask(causal & (queries >= 0) & ((keys == 0) | (keys == queries)), dtype=dtype)
